@@ -1,0 +1,179 @@
+"""The one error hierarchy of the server, and its single mapping to HTTP."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("mmserve.errors")
+
+
+class ServerError(Exception):
+    """Base of every error a route may answer with.
+
+    `message` is safe to show a client: it never holds a repr, a path or a
+    traceback. `param` names the request field at fault, when there is one.
+    """
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        details: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.details = details
+        self.headers = dict(headers or {})
+
+    def native_body(self) -> dict:
+        """The native envelope: {"error", "details"}."""
+        body = {"error": self.message, "details": self.details or self.type}
+        if self.param:
+            body["param"] = self.param
+        if self.code:
+            body["code"] = self.code
+        return body
+
+    def openai_body(self) -> dict:
+        """The OpenAI envelope: {"error": {message, type, param, code}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class BadRequest(ServerError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(BadRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthorized(ServerError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(ServerError):
+    status = 404
+    type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, name: str, param: str = "model"):
+        super().__init__(f"model '{name}' is not in the model table", param=param)
+
+
+class MethodNotAllowed(ServerError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class Conflict(ServerError):
+    status = 409
+    type = "conflict_error"
+
+
+class PayloadTooLarge(ServerError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class TooManyRequests(ServerError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
+class Unavailable(ServerError):
+    """503: the server cannot serve this now (not downloaded, load failed, shutting down)."""
+
+    status = 503
+    type = "service_unavailable"
+
+
+class ModelNotDownloaded(Unavailable):
+    code = "model_not_downloaded"
+
+
+class ModelLoadFailed(Unavailable):
+    code = "model_load_failed"
+
+
+class OutOfMemory(Unavailable):
+    code = "out_of_memory"
+
+
+class InternalError(ServerError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory errors and MemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def to_server_error(exc: BaseException) -> ServerError:
+    """Map any exception to a ServerError. The single place that decides statuses."""
+    if isinstance(exc, ServerError):
+        return exc
+    from werkzeug.exceptions import HTTPException
+
+    from .media import MediaError
+
+    if isinstance(exc, MediaError):
+        err = BadRequest(str(exc), param=exc.field)
+        if getattr(exc, "limit", None):
+            err.code = "limit_exceeded"
+            err.details = f"limit {exc.limit}"
+        return err
+    if isinstance(exc, HTTPException):
+        cls = {
+            400: BadRequest,
+            404: NotFound,
+            405: MethodNotAllowed,
+            413: PayloadTooLarge,
+        }.get(exc.code or 500, InternalError)
+        messages = {
+            400: "the request could not be understood",
+            404: "no such route",
+            405: "method not allowed on this route",
+            413: "request body is too large",
+        }
+        return cls(messages.get(exc.code or 500, "internal server error"))
+    if is_oom(exc):
+        return OutOfMemory("out of memory while serving the request; try again shortly")
+    log.error("unhandled error", exc_info=exc)
+    return InternalError("internal server error")

@@ -1,0 +1,98 @@
+"""Request plumbing shared by every route: ids, access log line, keys, errors in two envelopes."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, g, jsonify, request
+
+from .errors import ServerError, Unauthorized, Unavailable, to_server_error
+
+access_log = logging.getLogger("mmserve.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def is_openai_path(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def render_error(err: ServerError):
+    """The error in the envelope of the route family: OpenAI under /v1, native elsewhere."""
+    body = err.openai_body() if is_openai_path(request.path) else err.native_body()
+    response = jsonify(body)
+    response.status_code = err.status
+    for key, value in err.headers.items():
+        response.headers[key] = value
+    return response
+
+
+def _presented_key() -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("X-API-Key", "")
+
+
+def _check_keys(settings) -> None:
+    """API key on every route but /health; the admin key (if set) on /admin/*."""
+    path = request.path
+    if path == "/health":
+        return
+    if path.startswith("/admin/") and settings.admin_key:
+        wanted = settings.admin_key
+    elif settings.api_key:
+        wanted = settings.api_key
+    else:
+        return
+    given = _presented_key()
+    if not hmac.compare_digest(given.encode(), wanted.encode()):
+        raise Unauthorized("missing or invalid API key")
+
+
+def install(app: Flask, runtime) -> None:
+    """Register the hooks and the single error handler on the app."""
+    settings = runtime.settings
+
+    @app.before_request
+    def _start():
+        rid = request.headers.get("X-Request-ID", "")
+        g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        g.t0 = time.monotonic()
+        g.model = None
+        g.tokens = None
+        if runtime.draining and request.path != "/health":
+            raise Unavailable("server is shutting down", code="shutting_down")
+        _check_keys(settings)
+
+    @app.after_request
+    def _finish(response):
+        response.headers["X-Request-ID"] = getattr(g, "request_id", "-")
+        duration = time.monotonic() - getattr(g, "t0", time.monotonic())
+        access_log.info(
+            "%s %s model=%s status=%s duration_ms=%.1f tokens=%s",
+            request.method,
+            request.path,
+            getattr(g, "model", None) or "-",
+            response.status_code,
+            duration * 1000,
+            getattr(g, "tokens", None) if getattr(g, "tokens", None) is not None else "-",
+            extra={
+                "route": request.path,
+                "method": request.method,
+                "model": getattr(g, "model", None),
+                "status": response.status_code,
+                "duration_ms": round(duration * 1000, 1),
+                "tokens": getattr(g, "tokens", None),
+            },
+        )
+        if runtime.metrics is not None:
+            runtime.metrics.observe_request(request, response, duration)
+        return response
+
+    @app.errorhandler(Exception)
+    def _error(exc):
+        return render_error(to_server_error(exc))

@@ -1,0 +1,102 @@
+"""Turning a table entry and a folder on disk into a live model: device, dtype, quantization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from .models_config import ModelSpec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class DevicePlan:
+    device: str  # "cuda" or "cpu"
+    dtype: torch.dtype
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).replace("torch.", "")
+
+
+@dataclass
+class LoadedModel:
+    """A model in memory with everything needed to run it."""
+
+    spec: ModelSpec
+    model: Any
+    processor: Any
+    tokenizer: Any
+    handler: Any
+    plan: DevicePlan
+    bytes: int
+
+
+def plan_for(spec: ModelSpec, device_setting: str = "auto") -> DevicePlan:
+    """float16/bfloat16 on CUDA, float32 on the CPU; the CPU when there is no CUDA."""
+    use_cuda = device_setting != "cpu" and torch.cuda.is_available()
+    if not use_cuda:
+        return DevicePlan("cpu", torch.float32)
+    if spec.dtype in DTYPES and spec.dtype != "float32":
+        return DevicePlan("cuda", DTYPES[spec.dtype])
+    if spec.dtype == "float32":
+        return DevicePlan("cuda", torch.float32)
+    return DevicePlan("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def resolve_class(name: str):
+    """A transformers class by name; table entries name classes, never import paths."""
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise ValueError(f"transformers has no class '{name}'")
+    return cls
+
+
+def quantization_config(spec: ModelSpec, plan: DevicePlan):
+    """BitsAndBytesConfig for the entry's quantization: nf4 4-bit or 8-bit."""
+    if spec.quantization == 4:
+        return transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=plan.dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+    if spec.quantization == 8:
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def model_kwargs(spec: ModelSpec, plan: DevicePlan) -> dict:
+    """Keyword arguments for from_pretrained shared by every family."""
+    kwargs: dict = {"dtype": plan.dtype, "trust_remote_code": spec.trust_remote_code}
+    quant = quantization_config(spec, plan)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if plan.device == "cuda":
+        kwargs["device_map"] = "auto" if spec.max_memory else {"": 0}
+        if spec.max_memory:
+            kwargs["max_memory"] = {
+                (int(k) if str(k).isdigit() else k): v for k, v in spec.max_memory.items()
+            }
+    elif quant is not None:
+        kwargs["device_map"] = {"": "cpu"}
+    return kwargs
+
+
+def load_model(spec: ModelSpec, path: Path, plan: DevicePlan, handler) -> LoadedModel:
+    """Load weights and processor through the family handler, in eval mode on the planned device."""
+    model, processor = handler.load(spec, Path(path), plan)
+    model.eval()
+    if plan.device == "cuda" and not getattr(model, "hf_device_map", None) and spec.quantization is None:
+        model.to("cuda")
+    tokenizer = getattr(processor, "tokenizer", processor)
+    try:
+        size = int(model.get_memory_footprint())
+    except (AttributeError, RuntimeError):
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return LoadedModel(spec, model, processor, tokenizer, handler, plan, size)

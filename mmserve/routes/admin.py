@@ -1,0 +1,110 @@
+"""Admin routes: memory and model status, load/unload, cleanup of memory and temp files."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, g, jsonify, request
+
+from ..manager import collect
+from ..memory import GB
+from ..runtime import get_runtime
+from ..schemas.fields import get_keep_alive
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+@bp.get("/memory_status")
+def memory_status():
+    """GPU and system memory, and whether a multimodal request is safe now."""
+    rt = get_runtime()
+    return jsonify(rt.manager.probe.status(rt.manager.loaded_bytes(), rt.settings.memory_warning_fraction))
+
+
+@bp.get("/model_status")
+def model_status():
+    """Every table entry with its files on disk and its live state."""
+    rt = get_runtime()
+    models = {}
+    for name, spec in rt.table.items():
+        disk = rt.disk_report(name)
+        models[name] = {
+            "type": spec.family,
+            "description": spec.description,
+            "repo_id": spec.repo_id,
+            "path": f"models/{spec.local_dir}",
+            "path_exists": disk["path_exists"],
+            "on_disk_complete": disk["complete"],
+            "disk_bytes": disk["bytes"],
+            "quant_bits": spec.quantization,
+            "capabilities": list(spec.capabilities),
+            **rt.manager.status_of(name),
+        }
+    return jsonify(
+        {
+            "timestamp": time.time(),
+            "device": rt.manager.device,
+            "queue_depth": rt.manager.queue_depth(),
+            "loads": rt.manager.loads,
+            "evictions": rt.manager.evictions,
+            "models": models,
+        }
+    )
+
+
+@bp.post("/load/<model>")
+def load(model: str):
+    """Load a model now; optional JSON {"keep_alive": "10m"}."""
+    rt = get_runtime()
+    g.model = model
+    body = request.get_json(silent=True) or {}
+    keep_alive = get_keep_alive(body) if isinstance(body, dict) else None
+    status = rt.manager.load(model, keep_alive)
+    return jsonify({"model": model, **status})
+
+
+@bp.post("/unload/<model>")
+def unload(model: str):
+    """Unload a model now (409 while a request uses it)."""
+    rt = get_runtime()
+    g.model = model
+    return jsonify(rt.manager.unload(model))
+
+
+@bp.post("/emergency_cleanup")
+def emergency_cleanup():
+    """Unload idle models, clear allocator caches and temp files; report what was freed."""
+    rt = get_runtime()
+    before = rt.manager.probe.status(rt.manager.loaded_bytes(), rt.settings.memory_warning_fraction)
+    unloaded = rt.manager.unload_idle(reason="emergency_cleanup")
+    collect()
+    temp = rt.tmp.cleanup_all()
+    after = rt.manager.probe.status(rt.manager.loaded_bytes(), rt.settings.memory_warning_fraction)
+    freed = sum(u["freed_bytes"] for u in unloaded)
+    return jsonify(
+        {
+            "unloaded": unloaded,
+            "freed_model_gb": round(freed / GB, 3),
+            "temp": temp,
+            "gpu_free_gb_before": before["gpu_free_gb"],
+            "gpu_free_gb_after": after["gpu_free_gb"],
+            "ram_available_gb_before": before["system_ram"]["available_gb"],
+            "ram_available_gb_after": after["system_ram"]["available_gb"],
+        }
+    )
+
+
+@bp.get("/temp_status")
+def temp_status():
+    """Count and bytes of the files under tmp/."""
+    return jsonify(get_runtime().tmp.status())
+
+
+@bp.post("/cleanup_temp")
+def cleanup_temp():
+    """Remove temp files: all idle ones, or with {"expired_only": true} only those past the TTL."""
+    rt = get_runtime()
+    body = request.get_json(silent=True) or {}
+    expired_only = isinstance(body, dict) and body.get("expired_only") is True
+    removed = rt.tmp.sweep() if expired_only else rt.tmp.cleanup_all()
+    return jsonify({**removed, "status": rt.tmp.status()})

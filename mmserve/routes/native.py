@@ -1,0 +1,86 @@
+"""Native routes: POST /generate/<model> (JSON or NDJSON stream) and GET /health."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+
+from ..errors import BadRequest, to_server_error
+from ..runtime import get_runtime
+from ..schemas.native import parse_generate
+
+bp = Blueprint("native", __name__)
+log = logging.getLogger("mmserve.native")
+
+
+def json_body():
+    """The parsed JSON body, or a 400 naming the problem."""
+    body = request.get_json(silent=True, force=True)
+    if body is None:
+        raise BadRequest("request body must be valid JSON", param="body")
+    return body
+
+
+def result_fields(result) -> dict:
+    return {
+        "model": result.model,
+        "model_type": result.model_type,
+        "generation_method": result.generation_method,
+        "memory_optimized": result.memory_optimized,
+        "finish_reason": result.finish_reason,
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        },
+        "duration_seconds": round(result.seconds, 4),
+    }
+
+
+@bp.post("/generate/<model>")
+def generate(model: str):
+    """Generate text (or stream it as NDJSON) with any table model."""
+    rt = get_runtime()
+    g.model = model
+    rt.manager.spec(model)  # 404 before the body is even parsed
+    body = json_body()
+    with rt.tmp.scope() as tmp_dir:
+        req, stream = parse_generate(model, body, rt.settings, tmp_dir)
+    if not stream:
+        result = rt.service.generate(req)
+        g.tokens = result.completion_tokens
+        out = {"response": result.text, **result_fields(result)}
+        if result.audio_wav_base64:
+            out["audio"] = result.audio_wav_base64
+        return jsonify(out)
+    events = rt.service.stream(req)
+
+    def ndjson():
+        try:
+            for item in events:
+                if isinstance(item, str):
+                    yield json.dumps({"response": item, "done": False}) + "\n"
+                else:
+                    g.tokens = item.completion_tokens
+                    final = {"response": "", "done": True, **result_fields(item)}
+                    if item.audio_wav_base64:
+                        final["audio"] = item.audio_wav_base64
+                    yield json.dumps(final) + "\n"
+        except Exception as exc:  # noqa: BLE001 - reported in-band: headers are already sent
+            err = to_server_error(exc)
+            yield json.dumps({**err.native_body(), "done": True}) + "\n"
+        finally:
+            events.close()
+
+    return Response(stream_with_context(ndjson()), mimetype="application/x-ndjson")
+
+
+@bp.get("/health")
+def health():
+    """Liveness: 200 while serving, 503 while draining for shutdown."""
+    rt = get_runtime()
+    status = "draining" if rt.draining else "ok"
+    body = {"status": status, "models_loaded": rt.manager.loaded_models(), "device": rt.manager.device}
+    return jsonify(body), (503 if rt.draining else 200)

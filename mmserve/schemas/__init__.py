@@ -1,0 +1,1 @@
+"""Request schemas, one module per API surface; media is decoded and limited here."""

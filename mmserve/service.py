@@ -1,0 +1,192 @@
+"""The inference service: the one path from a GenerationRequest to text, used by every API."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+from transformers import StoppingCriteriaList
+
+from .errors import BadRequest, ContextLengthExceeded, OutOfMemory, is_oom
+from .generation import CancelOnEvent, StopText, StreamRun, sampling_kwargs, trim_completion
+from .types import GenerationRequest, GenerationResult
+
+log = logging.getLogger("mmserve.service")
+
+
+class InferenceService:
+    """Checks a request against its model, leases the model, runs the family handler."""
+
+    def __init__(self, manager, settings, hooks=None):
+        self.manager = manager
+        self.settings = settings
+        self.hooks = hooks
+
+    # --- checks done before any model is touched ---------------------------
+    def check(self, req: GenerationRequest):
+        spec = self.manager.spec(req.model)
+        from .families import get_handler
+
+        if not get_handler(spec.family).generates:
+            raise BadRequest(f"model '{spec.name}' is an embedding model", param="model")
+        for part in req.media_parts():
+            if part.type not in spec.capabilities:
+                raise BadRequest(
+                    f"model '{spec.name}' does not accept {part.type} input "
+                    f"(it takes {', '.join(spec.capabilities)})",
+                    param=part.field,
+                )
+        if not any(m.parts for m in req.messages):
+            raise BadRequest("the request holds no input", param="prompt")
+        mx = req.params.max_new_tokens
+        if mx is not None and mx > self.settings.max_new_tokens_limit:
+            raise BadRequest(
+                f"max tokens is over the limit max_new_tokens_limit="
+                f"{self.settings.max_new_tokens_limit}",
+                param="max_tokens",
+                code="limit_exceeded",
+            )
+        return spec
+
+    def _prepare(self, lm, req: GenerationRequest):
+        prepared = lm.handler.prepare(lm, req)
+        limit = self.settings.max_prompt_tokens
+        if prepared.prompt_tokens > limit:
+            raise BadRequest(
+                f"prompt has {prepared.prompt_tokens} tokens, over the limit max_prompt_tokens={limit}",
+                param="messages",
+                code="limit_exceeded",
+            )
+        kwargs = sampling_kwargs(lm.spec.generation, req.params, self.settings.max_new_tokens_limit)
+        context = getattr(lm.model.config, "max_position_embeddings", None)
+        if context is None:
+            text_cfg = getattr(lm.model.config, "text_config", None)
+            context = getattr(text_cfg, "max_position_embeddings", None)
+        if context and prepared.prompt_tokens >= context:
+            raise ContextLengthExceeded(
+                f"prompt has {prepared.prompt_tokens} tokens; the model's context is {context}",
+                param="messages",
+            )
+        if context:
+            kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], context - prepared.prompt_tokens)
+        if req.params.stop:
+            kwargs["stop_strings"] = list(req.params.stop)
+            kwargs["tokenizer"] = lm.tokenizer
+        if req.params.seed is not None:
+            torch.manual_seed(int(req.params.seed))
+        return prepared, kwargs
+
+    def _result(self, lm, req, prepared, text, completion, started, first_at, extras=None):
+        extras = extras or {}
+        spec = lm.spec
+        return GenerationResult(
+            text=text,
+            prompt_tokens=prepared.prompt_tokens,
+            completion_tokens=len(completion.ids),
+            finish_reason=completion.finish_reason,
+            model=spec.name,
+            model_type=spec.family,
+            generation_method=extras.pop("generation_method", lm.plan.device),
+            memory_optimized=spec.quantization is not None,
+            audio_wav_base64=extras.get("audio_wav_base64"),
+            seconds=time.monotonic() - started,
+            first_token_seconds=(first_at - started) if first_at else None,
+        )
+
+    # --- generation ---------------------------------------------------------
+    def generate(self, req: GenerationRequest) -> GenerationResult:
+        """Generate the whole answer; out-of-memory frees idle models and retries once."""
+        self.check(req)
+        started = time.monotonic()
+        with self.manager.lease(req.model, req.keep_alive) as lease:
+            lm = lease.model
+            for attempt in (1, 2):
+                try:
+                    prepared, kwargs = self._prepare(lm, req)
+                    sequences = lm.handler.generate(lm, prepared, kwargs)
+                    break
+                except Exception as exc:
+                    if not is_oom(exc):
+                        raise
+                    if attempt == 2:
+                        raise OutOfMemory(
+                            f"out of memory running model '{req.model}'; try a shorter request"
+                        ) from exc
+                    log.warning("out of memory in %s; freeing memory and retrying", req.model)
+                    self.manager.free_memory(exclude=req.model)
+            ids = lm.handler.completion_ids(lm, prepared, sequences)
+            completion = trim_completion(lm, ids, kwargs["max_new_tokens"], cancelled=False)
+            text = lm.tokenizer.decode(completion.ids, skip_special_tokens=True)
+            if req.params.stop:
+                cut = StopText(req.params.stop)
+                text = cut.feed(text) + cut.flush()
+                if cut.stopped:
+                    completion.finish_reason = "stop"
+            extras = lm.handler.extras(lm, prepared, req)
+            return self._result(lm, req, prepared, text, completion, started, None, extras)
+
+    def stream(self, req: GenerationRequest):
+        """Start a streamed generation. Checks and the model lease happen now, before any
+        byte is sent, so their errors get a proper status; the returned iterator yields
+        text deltas and finally the GenerationResult. Closing the iterator stops the model.
+        """
+        self.check(req)
+        started = time.monotonic()
+        lease = self.manager.acquire(req.model, req.keep_alive)
+        try:
+            lm = lease.model
+            prepared, kwargs = self._prepare(lm, req)
+        except BaseException:
+            lease.release()
+            raise
+        cancel = threading.Event()
+        criteria = StoppingCriteriaList([CancelOnEvent(cancel)])
+        kwargs["stopping_criteria"] = criteria
+        run = StreamRun(lm, prepared, kwargs, cancel)
+        return self._stream_iter(lease, lm, req, prepared, kwargs, run, started, criteria)
+
+    def _stream_iter(self, lease, lm, req, prepared, kwargs, run, started, criteria):
+        cut = StopText(req.params.stop)
+        finished = False
+        try:
+            run.start()
+            for piece in run.deltas():
+                out = cut.feed(piece)
+                if out:
+                    yield out
+                if cut.stopped:
+                    run.cancel()
+            tail = cut.flush()
+            if tail:
+                yield tail
+            run.wait()
+            ids = lm.handler.completion_ids(lm, prepared, run.sequences)
+            completion = trim_completion(lm, ids, kwargs["max_new_tokens"], cancelled=False)
+            if cut.stopped:
+                completion.finish_reason = "stop"
+            extras = lm.handler.extras(lm, prepared, req)
+            finished = True
+            yield self._result(
+                lm, req, prepared, cut.emitted, completion, started, run.first_token_at, extras
+            )
+        finally:
+            if not finished:
+                run.cancel()  # the client went away or an error happened: stop the model
+                run.wait(timeout=self.settings.shutdown_timeout)
+                log.info(
+                    "stream for %s closed early after %d steps", req.model, criteria[0].steps
+                )
+            lease.release()
+
+    def embed(self, model: str, texts: list[str], keep_alive: float | None = None):
+        """Unit vectors for texts from an embedding-family model."""
+        spec = self.manager.spec(model)
+        from .families import get_handler
+
+        handler = get_handler(spec.family)
+        if not hasattr(handler, "embed"):
+            raise BadRequest(f"model '{model}' is not an embedding model", param="model")
+        with self.manager.lease(model, keep_alive) as lease:
+            return lease.model.handler.embed(lease.model, texts)

@@ -1,0 +1,109 @@
+"""Server settings: defaults, then environment (MMSERVE_*), then an explicit config dict."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .durations import parse_keep_alive
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Settings:
+    """Every tunable of the server. Field names are the config keys; env vars are MMSERVE_<NAME>."""
+
+    models_dir: Path = ROOT / "models"
+    models_config: Path | None = None
+    log_dir: Path = ROOT / "logs"
+    tmp_dir: Path = ROOT / "tmp"
+    tmp_ttl_seconds: float = 3600.0
+    log_level: str = "INFO"
+    log_json: bool = False
+    log_to_file: bool = True
+    offline: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    ram_budget_gb: float | None = None  # CPU memory models may use; None = 80% of RAM
+    memory_warning_fraction: float = 0.9
+    default_keep_alive: float = 300.0  # seconds; -1 forever, 0 unload after each request
+    max_concurrency: int = 1  # generations at once per model
+    max_queue: int = 32  # requests waiting per model before 429
+    queue_timeout: float = 300.0  # seconds a request may wait for its model before 503
+    allow_cpu_fallback: bool = True
+    max_body_mb: float = 64.0
+    max_new_tokens_limit: int = 4096
+    max_prompt_tokens: int = 32768
+    max_images: int = 8
+    max_image_pixels: int = 16_000_000
+    max_audio_seconds: float = 600.0
+    max_video_mb: float = 64.0
+    max_video_seconds: float = 120.0
+    max_video_frames: int = 8
+    api_key: str | None = None
+    admin_key: str | None = None
+    preload: list[str] = field(default_factory=list)
+    default_model: str = "smollm2"
+    shutdown_timeout: float = 30.0
+    remote_media_hosts: list[str] = field(default_factory=list)
+    models: list[dict] = field(default_factory=list)  # extra/override table entries
+    replace_models: bool = False  # use only `models`, not the built-in table
+
+    @classmethod
+    def load(cls, config: dict | None = None, env: dict | None = None) -> "Settings":
+        """Build settings from defaults, then env, then `config` (highest precedence)."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"MMSERVE_{f.name.upper()}")
+            if raw is not None and f.name not in ("models", "replace_models"):
+                values[f.name] = raw
+        if "offline" not in values and env.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            values["offline"] = True
+        for key, value in (config or {}).items():
+            if key not in {f.name for f in dataclasses.fields(cls)}:
+                raise ValueError(f"unknown setting '{key}'")
+            values[key] = value
+        settings = cls()
+        for key, value in values.items():
+            setattr(settings, key, _coerce(cls, key, value))
+        return settings
+
+    def ram_budget_bytes(self, total_ram: int) -> int:
+        """RAM the models may use on the CPU."""
+        if self.ram_budget_gb is None:
+            return int(total_ram * 0.8)
+        return int(self.ram_budget_gb * 1024**3)
+
+
+def _coerce(cls, key: str, value):
+    """Convert an env string (or a config value) to the field's type, naming the key on error."""
+    default = getattr(cls(), key)
+    try:
+        if key == "default_keep_alive":
+            return parse_keep_alive(value)
+        if key in ("models_dir", "log_dir", "tmp_dir"):
+            return Path(value)
+        if key == "models_config":
+            return Path(value) if value else None
+        if key in ("preload", "remote_media_hosts"):
+            if isinstance(value, str):
+                return [v for v in value.replace(",", " ").split() if v]
+            return list(value)
+        if key in ("api_key", "admin_key"):
+            return str(value) if value else None
+        if key == "ram_budget_gb":
+            return float(value) if value not in (None, "") else None
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"setting '{key}': invalid value {value!r}") from exc

@@ -1,0 +1,72 @@
+"""Request and result types shared by every API surface and every family handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MEDIA_TYPES = ("image", "audio", "video")
+
+
+@dataclass
+class Part:
+    """One piece of a message. `data` holds decoded media (PIL image, waveform, VideoClip)."""
+
+    type: str  # text | image | audio | video
+    text: str | None = None
+    data: Any = None
+    field: str = ""  # the request field it came from, for error messages
+
+
+@dataclass
+class Message:
+    role: str  # system | user | assistant
+    parts: list[Part]
+
+    def text(self) -> str:
+        return "".join(p.text or "" for p in self.parts if p.type == "text")
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class GenerationRequest:
+    """What every route turns its body into; the service and the handlers take only this."""
+
+    model: str
+    messages: list[Message]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    keep_alive: float | None = None
+    raw_prompt: bool = False  # True: feed the text as is, without the chat template
+    return_audio: bool = False  # omni: also return speech
+    endpoint: str = "native"
+
+    def media_parts(self):
+        for msg in self.messages:
+            for part in msg.parts:
+                if part.type in MEDIA_TYPES:
+                    yield part
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop | length | cancelled
+    model: str
+    model_type: str
+    generation_method: str
+    memory_optimized: bool
+    audio_wav_base64: str | None = None
+    seconds: float = 0.0
+    first_token_seconds: float | None = None
