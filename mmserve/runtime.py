@@ -14,6 +14,7 @@ from utils.tmp_manage import TempManager
 
 from .errors import ModelNotDownloaded
 from .manager import ModelManager
+from .metrics import Metrics
 from .models_config import ModelSpec, build_table
 from .service import InferenceService
 from .settings import Settings
@@ -35,8 +36,9 @@ class Runtime:
         return check_model(self.table[name], self.settings.models_dir)
 
 
-def build_runtime(settings: Settings, metrics=None) -> Runtime:
+def build_runtime(settings: Settings) -> Runtime:
     """Everything the routes need, built once per app (never at import time)."""
+    metrics = Metrics()
     table = build_table(settings.models, settings.models_config, settings.replace_models)
     for name in settings.preload:
         if name not in table:
@@ -59,7 +61,9 @@ def build_runtime(settings: Settings, metrics=None) -> Runtime:
     manager = ModelManager(table, settings, ensure_on_disk, hooks=metrics)
     tmp = TempManager(settings.tmp_dir, settings.tmp_ttl_seconds)
     service = InferenceService(manager, settings, hooks=metrics)
-    return Runtime(settings, table, manager, tmp, service, metrics)
+    runtime = Runtime(settings, table, manager, tmp, service, metrics)
+    metrics.bind(runtime)
+    return runtime
 
 
 def get_runtime() -> Runtime:

@@ -81,7 +81,7 @@ class InferenceService:
     def _result(self, lm, req, prepared, text, completion, started, first_at, extras=None):
         extras = extras or {}
         spec = lm.spec
-        return GenerationResult(
+        result = GenerationResult(
             text=text,
             prompt_tokens=prepared.prompt_tokens,
             completion_tokens=len(completion.ids),
@@ -94,6 +94,9 @@ class InferenceService:
             seconds=time.monotonic() - started,
             first_token_seconds=(first_at - started) if first_at else None,
         )
+        if self.hooks is not None:
+            self.hooks.on_generation(result)
+        return result
 
     # --- generation ---------------------------------------------------------
     def generate(self, req: GenerationRequest) -> GenerationResult:
