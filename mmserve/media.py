@@ -12,12 +12,12 @@ import re
 import struct
 import tempfile
 import urllib.parse
-import warnings
 from dataclasses import dataclass
 
 import av
 import numpy as np
 import soundfile as sf
+import soxr
 from PIL import Image, ImageOps
 
 log = logging.getLogger("mmserve.media")
@@ -106,7 +106,7 @@ def decode_base64(data: str, field: str) -> bytes:
     if text[:5].lower() == "data:":
         header, sep, payload = text[5:].partition(",")
         if not sep:
-            raise _err(field, "malformed data URI; expected data:<mime type>;base64,<data>")
+            raise _err(field, "malformed data URI; no comma before the data")
         params = [p.strip().lower() for p in header.split(";")[1:]]
         if "base64" not in params:
             raise _err(field, "data URI is not base64-encoded; expected ;base64,")
@@ -168,12 +168,13 @@ def _mpeg_frame_length(h: bytes) -> int | None:
 
 
 def _is_mp3_stream(data: bytes, offset: int = 0) -> bool:
-    """True when two consecutive MPEG audio frame headers start at `offset`."""
+    """True when an MPEG audio frame header starts at `offset`, followed by another one
+    (or by the end of the data)."""
     length = _mpeg_frame_length(data[offset : offset + 4])
     if length is None:
         return False
     nxt = offset + length
-    return nxt + 4 > len(data) or _mpeg_frame_length(data[nxt : nxt + 4]) is not None
+    return nxt == len(data) or _mpeg_frame_length(data[nxt : nxt + 4]) is not None
 
 
 def _is_adts(data: bytes, offset: int = 0) -> bool:
@@ -185,7 +186,9 @@ def _is_adts(data: bytes, offset: int = 0) -> bool:
     if length < 7:
         return False
     nxt = offset + length
-    return nxt + 2 > len(data) or (data[nxt] == 0xFF and (data[nxt + 1] & 0xF6) == 0xF0)
+    if nxt == len(data):
+        return True
+    return nxt + 2 <= len(data) and data[nxt] == 0xFF and (data[nxt + 1] & 0xF6) == 0xF0
 
 
 def _probe_tracks(data: bytes) -> tuple[bool, bool] | None:
@@ -284,10 +287,11 @@ def sniff(data: bytes) -> tuple[str, str] | None:
 def _check_kind(data: bytes, field: str, kind: str, expected: str) -> str:
     found = sniff(data)
     if found is None:
-        raise _err(field, f"is not a supported {kind} format; {expected}")
+        raise _err(field, f"the data is not a supported {kind} format; {expected}")
     if found[0] != kind:
         raise _err(
-            field, f"is not a supported {kind} format (got {_describe(*found)}); {expected}"
+            field,
+            f"the data is not a supported {kind} format (it is {_describe(*found)}); {expected}",
         )
     return found[1]
 
@@ -307,25 +311,30 @@ def load_image(data: bytes, field: str, limits: MediaLimits) -> Image.Image:
             "max_media_bytes",
         )
     fmt = _check_kind(data, field, "image", _IMAGE_EXPECTED)
-    too_big = f"image is larger than the limit of {limits.max_image_pixels} pixels"
+    # Pillow's own bomb check runs inside Image.open: with its default MAX_IMAGE_PIXELS it
+    # raises DecompressionBombError above ~179M pixels. Between ~89M and ~179M it only warns;
+    # that warning is not turned into an error here because warnings.catch_warnings() is
+    # process-global (not thread-safe) and our own limit below is what decides.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt.upper()])
-            width, height = img.size  # from the header: nothing is decoded yet
-            if width * height > limits.max_image_pixels:
-                raise _err(
-                    field,
-                    f"image is {width}x{height} pixels; the limit is "
-                    f"{limits.max_image_pixels} pixels",
-                    "max_image_pixels",
-                )
-            img.load()
-            img = ImageOps.exif_transpose(img)
+        img = Image.open(io.BytesIO(data), formats=[fmt.upper()])
+        width, height = img.size  # from the header: nothing is decoded yet
+        if width * height > limits.max_image_pixels:
+            raise _err(
+                field,
+                f"image is {width}x{height} pixels; the limit is "
+                f"{limits.max_image_pixels} pixels",
+                "max_image_pixels",
+            )
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)
     except MediaError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _err(field, too_big, "max_image_pixels") from None
+        raise _err(
+            field,
+            f"image is larger than the limit of {limits.max_image_pixels} pixels",
+            "max_image_pixels",
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         log.debug("%s: image decode failed: %r", field, exc)
         raise _err(field, "could not decode the image (corrupt or truncated data)") from None
@@ -384,7 +393,7 @@ def load_audio(
             log.debug("%s: soundfile could not decode %s (%s); trying PyAV", field, fmt, exc)
     if samples is None:
         try:
-            samples, native_sr = _decode_av_audio(data, field, limits)
+            samples, native_sr = _decode_av_audio(data, field, limits, exact=fmt == "m4a")
         except MediaError:
             raise
         except (av.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as exc:
@@ -395,10 +404,18 @@ def load_audio(
     if not np.isfinite(samples).all():
         raise _err(field, "audio contains invalid (NaN or infinite) samples")
     if native_sr != sr:
-        import librosa  # slow to import; only needed here
-
-        samples = librosa.resample(samples, orig_sr=native_sr, target_sr=sr)
+        samples = _resample(samples, native_sr, sr)
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def _resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """What librosa.resample does by default (soxr "HQ", length fixed to ceil(n * ratio)),
+    called directly: librosa's lazy submodule loading costs seconds on a first call."""
+    out = soxr.resample(samples, orig_sr, target_sr, quality="soxr_hq")
+    size = int(np.ceil(samples.shape[-1] * target_sr / orig_sr))
+    if out.shape[-1] > size:
+        return out[:size]
+    return np.pad(out, (0, size - out.shape[-1])) if out.shape[-1] < size else out
 
 
 def _too_long_audio(field: str, seconds: float, limits: MediaLimits) -> MediaError:
@@ -426,7 +443,12 @@ def _decode_soundfile(data: bytes, field: str, limits: MediaLimits) -> tuple[np.
     return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate
 
 
-def _decode_av_audio(data: bytes, field: str, limits: MediaLimits) -> tuple[np.ndarray, int]:
+def _decode_av_audio(
+    data: bytes, field: str, limits: MediaLimits, exact: bool = False
+) -> tuple[np.ndarray, int]:
+    """Decode the first audio track with PyAV. `exact`: the container's declared duration
+    is exact (MP4/M4A tracks), so trailing codec padding beyond it (AAC decodes whole
+    1024-sample frames) is cut off."""
     with av.open(io.BytesIO(data), "r", metadata_errors="ignore") as container:
         if not container.streams.audio:
             raise _err(field, "contains no audio track")
@@ -453,7 +475,12 @@ def _decode_av_audio(data: bytes, field: str, limits: MediaLimits) -> tuple[np.n
         for frame in container.decode(stream):
             take(resampler.resample(frame))
         take(resampler.resample(None))
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if exact and declared is not None:
+        expected = round(declared * rate)
+        if 0 < expected < samples.size <= expected + 4096:
+            samples = samples[:expected]
+    return samples, rate
 
 
 def _declared_seconds(container, stream) -> float | None:
@@ -567,7 +594,10 @@ def _decode_video(path: pathlib.Path, field: str, limits: MediaLimits, count: in
     if not n_frames and source_fps and duration:
         n_frames = max(1, round(duration * source_fps))
     count = min(count, n_frames) if n_frames else count
-    targets = [duration * (i + 0.5) / count for i in range(count)]
+    # The middle of each of `count` equal slices, less half a frame (frame k shows from k/fps
+    # to (k+1)/fps): when count equals the number of frames, every frame is a target.
+    half_frame = 0.5 / source_fps if source_fps > 0 else 0.0
+    targets = [max(0.0, duration * (i + 0.5) / count - half_frame) for i in range(count)]
 
     frames = None
     if n_frames > _SEQUENTIAL_FRAMES_PER_SAMPLE * count:

@@ -116,10 +116,13 @@ def make_video(
     size: tuple[int, int] = (64, 48),
     *,
     gop: int = 12,
+    audio: bool = False,
 ) -> bytes:
-    """A silent video of `frames` frames at `fps`; frame i is brighter than frame i-1.
+    """A video of `frames` frames at `fps`; frame i is brighter than frame i-1.
 
     mp4/mkv: H.264 (libx264), mov: MPEG-4 part 2, avi: MJPEG, webm: VP8 (libvpx).
+    With `audio`, a 440 Hz tone track as long as the video is added (AAC; Opus in webm,
+    MP3 in avi).
     """
     fmt = fmt.lower()
     if fmt not in VIDEO_CODECS:
@@ -138,6 +141,8 @@ def make_video(
         elif codec == "libvpx":
             opts.update(deadline="realtime", cpu_used="8")
         stream.codec_context.options = opts
+        if audio:
+            _add_tone_track(out, fmt, frames / fps)
         for i in range(frames):
             level = 20 + round(200 * i / max(frames - 1, 1))
             frame = av.VideoFrame.from_ndarray(_pattern(width, height, level), format="rgb24")
@@ -148,6 +153,18 @@ def make_video(
         for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue()
+
+
+def _add_tone_track(out, fmt: str, seconds: float) -> None:
+    codec = {"webm": "libopus", "avi": "libmp3lame"}.get(fmt, "aac")
+    sr = 48000
+    stream = out.add_stream(codec, rate=sr, layout="mono")
+    stream.codec_context.options = {"flags": "+bitexact"}
+    y = (_tone(seconds, sr) * 32767).astype(np.int16)[None, :]
+    frame = av.AudioFrame.from_ndarray(y, format="s16", layout="mono")
+    frame.sample_rate, frame.time_base, frame.pts = sr, Fraction(1, sr), 0
+    for packet in [*stream.encode(frame), *stream.encode(None)]:
+        out.mux(packet)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
