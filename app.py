@@ -65,5 +65,9 @@ def create_app(config: dict | None = None) -> Flask:
     atexit.register(close, 0)
     if settings.preload:
         threading.Thread(target=_preload, args=(runtime,), name="preload", daemon=True).start()
-    log.info("server ready: %d models in the table, device %s", len(runtime.table), runtime.manager.device)
+    log.info(
+        "server ready: %d models in the table, device %s",
+        len(runtime.table),
+        runtime.manager.device,
+    )
     return app

@@ -38,3 +38,10 @@ errorlog = "-"
 capture_output = False
 
 wsgi_app = "app:create_app()"
+
+
+def post_worker_init(worker):
+    """Drain on SIGTERM: 503 for new requests, finish those in flight, unload, exit."""
+    from mmserve.lifecycle import install_drain_handler
+
+    install_drain_handler(worker)

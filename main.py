@@ -12,17 +12,28 @@ ROOT = Path(__file__).resolve().parent
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Multi-model inference server.")
-    p.add_argument("--host", default=os.environ.get("MMSERVE_HOST", "127.0.0.1"),
-                   help="address to bind (default 127.0.0.1; use 0.0.0.0 only on purpose)")
+    p.add_argument(
+        "--host",
+        default=os.environ.get("MMSERVE_HOST", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1; use 0.0.0.0 only on purpose)",
+    )
     p.add_argument("--port", type=int, default=int(os.environ.get("MMSERVE_PORT", "5000")))
-    p.add_argument("--threads", type=int, default=int(os.environ.get("MMSERVE_THREADS", "8")),
-                   help="request threads of the single gunicorn worker")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("MMSERVE_THREADS", "8")),
+        help="request threads of the single gunicorn worker",
+    )
     p.add_argument("--debug", action="store_true", help="run the Flask development server")
     p.add_argument("--models-dir", help="folder holding the model folders (default ./models)")
     p.add_argument("--models-config", help="YAML or JSON file adding or overriding table entries")
     p.add_argument("--preload", nargs="+", metavar="NAME", help="models to load at start-up")
-    p.add_argument("--download", nargs="*", metavar="NAME",
-                   help="fetch these models (default: the embedded ones) and exit")
+    p.add_argument(
+        "--download",
+        nargs="*",
+        metavar="NAME",
+        help="fetch these models (default: the embedded ones) and exit",
+    )
     return p.parse_args(argv)  # fmt: skip
 
 
@@ -49,7 +60,14 @@ def main(argv=None) -> int:
         return 0
     # One worker, so each model exists once in memory; threads give concurrency.
     os.chdir(ROOT)
-    cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "app:create_app()"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
+        "app:create_app()",
+    ]
     os.execv(sys.executable, cmd)
     return 0  # pragma: no cover - execv does not return
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import StoppingCriteria, TextIteratorStreamer
 
 from .types import SamplingParams
 

@@ -92,7 +92,11 @@ def load_model(spec: ModelSpec, path: Path, plan: DevicePlan, handler) -> Loaded
     """Load weights and processor through the family handler, in eval mode on the planned device."""
     model, processor = handler.load(spec, Path(path), plan)
     model.eval()
-    if plan.device == "cuda" and not getattr(model, "hf_device_map", None) and spec.quantization is None:
+    if (
+        plan.device == "cuda"
+        and not getattr(model, "hf_device_map", None)
+        and spec.quantization is None
+    ):
         model.to("cuda")
     tokenizer = getattr(processor, "tokenizer", processor)
     try:

@@ -65,7 +65,7 @@ class Slot:
 class Lease:
     """A reference to a loaded model, held for one request. Release exactly once."""
 
-    def __init__(self, manager: "ModelManager", slot: Slot, keep_alive: float | None):
+    def __init__(self, manager: ModelManager, slot: Slot, keep_alive: float | None):
         self.manager = manager
         self.slot = slot
         self.keep_alive = keep_alive

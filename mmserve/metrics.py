@@ -85,8 +85,12 @@ class _StateCollector:
         from .memory import gpu_snapshot
 
         manager = self.runtime.manager
-        loaded = GaugeMetricFamily("mmserve_model_loaded", "1 if the model is loaded", labels=["model"])
-        size = GaugeMetricFamily("mmserve_model_bytes", "Bytes held by a loaded model", labels=["model"])
+        loaded = GaugeMetricFamily(
+            "mmserve_model_loaded", "1 if the model is loaded", labels=["model"]
+        )
+        size = GaugeMetricFamily(
+            "mmserve_model_bytes", "Bytes held by a loaded model", labels=["model"]
+        )
         waiting = GaugeMetricFamily(
             "mmserve_model_waiting_requests", "Requests waiting for a model", labels=["model"]
         )

@@ -70,7 +70,9 @@ class InferenceService:
                 param="messages",
             )
         if context:
-            kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], context - prepared.prompt_tokens)
+            kwargs["max_new_tokens"] = min(
+                kwargs["max_new_tokens"], context - prepared.prompt_tokens
+            )
         if req.params.stop:
             kwargs["stop_strings"] = list(req.params.stop)
             kwargs["tokenizer"] = lm.tokenizer
@@ -154,13 +156,29 @@ class InferenceService:
         cut = StopText(req.params.stop)
         finished = False
         try:
-            run.start()
-            for piece in run.deltas():
-                out = cut.feed(piece)
-                if out:
-                    yield out
-                if cut.stopped:
-                    run.cancel()
+            for attempt in (1, 2):
+                run.start()
+                try:
+                    for piece in run.deltas():
+                        out = cut.feed(piece)
+                        if out:
+                            yield out
+                        if cut.stopped:
+                            run.cancel()
+                    break
+                except Exception as exc:
+                    # Out of memory before any text was sent: free memory and retry once.
+                    if not is_oom(exc) or cut.emitted or cut.buffer or attempt == 2:
+                        if is_oom(exc):
+                            raise OutOfMemory(
+                                f"out of memory running model '{req.model}'; try a shorter request"
+                            ) from exc
+                        raise
+                    log.warning(
+                        "out of memory in %s stream; freeing memory and retrying", req.model
+                    )
+                    self.manager.free_memory(exclude=req.model)
+                    run = StreamRun(lm, prepared, kwargs, run.cancel_event)
             tail = cut.flush()
             if tail:
                 yield tail
@@ -178,9 +196,7 @@ class InferenceService:
             if not finished:
                 run.cancel()  # the client went away or an error happened: stop the model
                 run.wait(timeout=self.settings.shutdown_timeout)
-                log.info(
-                    "stream for %s closed early after %d steps", req.model, criteria[0].steps
-                )
+                log.info("stream for %s closed early after %d steps", req.model, criteria[0].steps)
             lease.release()
 
     def embed(self, model: str, texts: list[str], keep_alive: float | None = None):

@@ -52,7 +52,7 @@ class Settings:
     replace_models: bool = False  # use only `models`, not the built-in table
 
     @classmethod
-    def load(cls, config: dict | None = None, env: dict | None = None) -> "Settings":
+    def load(cls, config: dict | None = None, env: dict | None = None) -> Settings:
         """Build settings from defaults, then env, then `config` (highest precedence)."""
         env = os.environ if env is None else env
         values: dict = {}
@@ -60,7 +60,11 @@ class Settings:
             raw = env.get(f"MMSERVE_{f.name.upper()}")
             if raw is not None and f.name not in ("models", "replace_models"):
                 values[f.name] = raw
-        if "offline" not in values and env.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        if "offline" not in values and env.get("HF_HUB_OFFLINE", "").lower() in (
+            "1",
+            "true",
+            "yes",
+        ):
             values["offline"] = True
         for key, value in (config or {}).items():
             if key not in {f.name for f in dataclasses.fields(cls)}:

@@ -30,13 +30,13 @@ TINY = {
 }
 
 
-def tiny_entry(name: str, **overrides) -> dict:
+def tiny_entry(kind: str, /, **overrides) -> dict:
     """A table entry for one tiny model (its folder is built by the `tiny_models_dir` fixture)."""
-    _, family, caps, extra = TINY[name]
+    _, family, caps, extra = TINY[kind]
     entry = {
-        "name": name,
-        "repo_id": f"tests/{name}",
-        "local_dir": name,
+        "name": kind,
+        "repo_id": f"tests/{kind}",
+        "local_dir": kind,
         "family": family,
         "capabilities": caps,
         "generation": {"max_new_tokens": 8, "temperature": 0.0},

@@ -64,7 +64,10 @@ def test_sixteen_concurrent_first_requests_cause_one_load(make_app, count_loads)
 
 
 def one_model_budget(tiny_models_dir) -> float:
-    need = max(estimate_model_bytes(tiny_models_dir / n, "float32", None) for n in ("tiny_text", "tiny_qwen"))
+    need = max(
+        estimate_model_bytes(tiny_models_dir / n, "float32", None)
+        for n in ("tiny_text", "tiny_qwen")
+    )
     return need * 1.5 / 1024**3
 
 
@@ -148,7 +151,11 @@ def test_failed_load_is_503_and_the_next_good_request_works(make_app, tiny_model
         for f in broken.glob("*.safetensors"):
             f.unlink()
         (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
-    rt = runtime_of(make_app([tiny_entry("tiny_text", name="broken", local_dir="broken"), tiny_entry("tiny_text")]))
+    rt = runtime_of(
+        make_app(
+            [tiny_entry("tiny_text", name="broken", local_dir="broken"), tiny_entry("tiny_text")]
+        )
+    )
     with pytest.raises((ModelLoadFailed, ModelNotDownloaded)):
         rt.service.generate(ask("broken"))
     assert rt.manager.status_of("broken")["state"] == "unloaded"

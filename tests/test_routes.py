@@ -36,8 +36,12 @@ def test_generate_greedy_is_deterministic_and_max_tokens_is_honoured(client):
 
 
 def test_stream_ndjson_matches_the_whole_answer(client):
-    whole = client.post("/generate/tiny_text", json={"prompt": "abc", "max_new_tokens": 8}).get_json()
-    r = client.post("/generate/tiny_text", json={"prompt": "abc", "max_new_tokens": 8, "stream": True})
+    whole = client.post(
+        "/generate/tiny_text", json={"prompt": "abc", "max_new_tokens": 8}
+    ).get_json()
+    r = client.post(
+        "/generate/tiny_text", json={"prompt": "abc", "max_new_tokens": 8, "stream": True}
+    )
     assert r.status_code == 200 and r.mimetype == "application/x-ndjson"
     lines = [json.loads(line) for line in r.get_data(as_text=True).splitlines() if line]
     assert lines[-1]["done"] is True
@@ -145,7 +149,10 @@ def test_cleanup_temp_route(make_app, tmp_path):
     client = make_app().test_client()
     (tmp_path / "tmp").mkdir(exist_ok=True)
     (tmp_path / "tmp" / "a").write_bytes(b"12345")
-    assert client.post("/admin/cleanup_temp", json={"expired_only": True}).get_json()["removed_files"] == 0
+    assert (
+        client.post("/admin/cleanup_temp", json={"expired_only": True}).get_json()["removed_files"]
+        == 0
+    )
     body = client.post("/admin/cleanup_temp").get_json()
     assert body["removed_files"] == 1 and body["status"]["file_count"] == 0
 
@@ -170,14 +177,20 @@ def test_api_keys(make_app):
     r = client.post("/generate/tiny_text", json={"prompt": "x"})
     assert r.status_code == 401 and "error" in r.get_json()
     ok = {"Authorization": "Bearer user-key"}
-    assert client.post("/generate/tiny_text", json={"prompt": "x", "max_new_tokens": 2}, headers=ok).status_code == 200
+    assert (
+        client.post(
+            "/generate/tiny_text", json={"prompt": "x", "max_new_tokens": 2}, headers=ok
+        ).status_code
+        == 200
+    )
     assert client.get("/admin/model_status", headers=ok).status_code == 401
     assert client.get("/admin/model_status", headers={"X-API-Key": "admin-key"}).status_code == 200
 
 
 def test_text_model_refuses_an_image_before_loading(make_app):
-    from tests.factories.media import make_image
     import base64
+
+    from tests.factories.media import make_image
 
     app = make_app([tiny_entry("tiny_text")])
     client = app.test_client()

@@ -53,7 +53,10 @@ def test_concurrent_clients_all_get_answers(live_server):
 
 
 def test_admin_and_errors_on_the_real_server(live_server):
-    assert requests.get(live_server.url + "/admin/memory_status", timeout=10).json()["gpu_available"] is False
+    assert (
+        requests.get(live_server.url + "/admin/memory_status", timeout=10).json()["gpu_available"]
+        is False
+    )
     r = requests.post(live_server.url + "/generate/deepseek", json={"prompt": "hi"}, timeout=30)
     assert r.status_code == 503
     assert "python utils/download_model.py deepseek" in r.json()["error"]

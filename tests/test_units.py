@@ -167,4 +167,8 @@ def test_errors_are_sanitised():
     assert isinstance(to_server_error(MemoryError()), OutOfMemory)
     bad = BadRequest("x must be an integer", param="x")
     assert bad.openai_body()["error"]["param"] == "x"
-    assert bad.native_body() == {"error": "x must be an integer", "details": "invalid_request_error", "param": "x"}
+    assert bad.native_body() == {
+        "error": "x must be an integer",
+        "details": "invalid_request_error",
+        "param": "x",
+    }

@@ -1,9 +1,9 @@
 """Fetch table models into models/<dir> and check what is on disk: importable and a command.
 
-    python utils/download_model.py [NAME ...]   fetch these models (default: the embedded ones)
-    python utils/download_model.py --all        fetch the whole table
-    python utils/download_model.py --list       the table and what is on disk, with sizes
-    python utils/download_model.py --verify     check that the files on disk are complete
+python utils/download_model.py [NAME ...]   fetch these models (default: the embedded ones)
+python utils/download_model.py --all        fetch the whole table
+python utils/download_model.py --list       the table and what is on disk, with sizes
+python utils/download_model.py --verify     check that the files on disk are complete
 """
 
 from __future__ import annotations
@@ -57,7 +57,13 @@ def _safetensors_complete(path: Path) -> bool:
 def check_model(spec: ModelSpec, models_dir: Path) -> dict:
     """What is on disk for one entry: present, complete, files, bytes and problems found."""
     path = spec.path(models_dir)
-    report = {"path_exists": path.is_dir(), "complete": False, "files": 0, "bytes": 0, "problems": []}
+    report = {
+        "path_exists": path.is_dir(),
+        "complete": False,
+        "files": 0,
+        "bytes": 0,
+        "problems": [],
+    }
     if not path.is_dir():
         report["problems"].append("not downloaded")
         return report
@@ -101,7 +107,9 @@ def _materialize_gguf(spec: ModelSpec, target: Path) -> None:
     gguf = ggufs[0]
     log.info("materialising %s from %s", spec.name, gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     # The GGUF tensors are already dense after loading; drop the quantizer so it can be saved.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
@@ -140,11 +148,15 @@ def _hub_download(spec: ModelSpec, target: Path, offline: bool) -> None:
         )
     ignore = None
     try:
-        names = [s.rfilename for s in HfApi().model_info(spec.repo_id, revision=spec.revision).siblings]
+        names = [
+            s.rfilename for s in HfApi().model_info(spec.repo_id, revision=spec.revision).siblings
+        ]
         if any(n.endswith(".safetensors") for n in names):
             ignore = OTHER_WEIGHTS  # safetensors preferred: skip duplicate pickled weights
     except Exception as exc:  # noqa: BLE001 - any Hub failure is reported the same way
-        raise DownloadError(f"cannot reach the Hub for '{spec.repo_id}': {type(exc).__name__}") from exc
+        raise DownloadError(
+            f"cannot reach the Hub for '{spec.repo_id}': {type(exc).__name__}"
+        ) from exc
     # snapshot_download resumes partial files and shows one progress bar per file.
     snapshot_download(
         repo_id=spec.repo_id,
@@ -154,7 +166,9 @@ def _hub_download(spec: ModelSpec, target: Path, offline: bool) -> None:
     )
 
 
-def ensure_model(spec: ModelSpec, models_dir: Path, offline: bool = False, force: bool = False) -> Path:
+def ensure_model(
+    spec: ModelSpec, models_dir: Path, offline: bool = False, force: bool = False
+) -> Path:
     """Make sure the entry's weights are complete on disk; fetch or materialise them if not."""
     models_dir = Path(models_dir)
     target = spec.path(models_dir)
@@ -170,7 +184,9 @@ def ensure_model(spec: ModelSpec, models_dir: Path, offline: bool = False, force
         _hub_download(spec, target, offline)
     report = check_model(spec, models_dir)
     if not report["complete"]:
-        raise DownloadError(f"model '{spec.name}' is incomplete after download: {'; '.join(report['problems'])}")
+        raise DownloadError(
+            f"model '{spec.name}' is incomplete after download: {'; '.join(report['problems'])}"
+        )
     return target
 
 
@@ -187,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="model names from the table")
     parser.add_argument("--all", action="store_true", help="fetch every model in the table")
     parser.add_argument("--list", action="store_true", help="list the table and what is on disk")
-    parser.add_argument("--verify", action="store_true", help="check that files on disk are complete")
+    parser.add_argument(
+        "--verify", action="store_true", help="check that files on disk are complete"
+    )
     parser.add_argument("--force", action="store_true", help="fetch again even if complete")
     parser.add_argument("--models-dir", default=os.environ.get("MMSERVE_MODELS_DIR", "models"))
     parser.add_argument("--models-config", default=os.environ.get("MMSERVE_MODELS_CONFIG"))
@@ -207,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             rep = check_model(spec, models_dir)
             state = "complete" if rep["complete"] else "; ".join(rep["problems"])
             bad += 0 if rep["complete"] else 1
-            print(f"{name:12} {spec.family:16} {_human(rep['bytes']):>10}  {spec.local_dir:32} {state}")
+            print(
+                f"{name:12} {spec.family:16} {_human(rep['bytes']):>10}  {spec.local_dir:32} {state}"
+            )
         return 1 if (args.verify and bad) else 0
     if not names:
         names = [n for n, s in table.items() if s.source.get("type") != "hub"]

@@ -41,7 +41,9 @@ class TempManager:
     def _entries(self):
         if not self.root.exists():
             return []
-        return [p for p in self.root.iterdir() if p.name not in (".gitignore", ".gitkeep", "README.md")]
+        return [
+            p for p in self.root.iterdir() if p.name not in (".gitignore", ".gitkeep", "README.md")
+        ]
 
     @staticmethod
     def _size(path: Path) -> tuple[int, int]:

@@ -18,7 +18,9 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 def memory_status():
     """GPU and system memory, and whether a multimodal request is safe now."""
     rt = get_runtime()
-    return jsonify(rt.manager.probe.status(rt.manager.loaded_bytes(), rt.settings.memory_warning_fraction))
+    return jsonify(
+        rt.manager.probe.status(rt.manager.loaded_bytes(), rt.settings.memory_warning_fraction)
+    )
 
 
 @bp.get("/model_status")

@@ -82,5 +82,9 @@ def health():
     """Liveness: 200 while serving, 503 while draining for shutdown."""
     rt = get_runtime()
     status = "draining" if rt.draining else "ok"
-    body = {"status": status, "models_loaded": rt.manager.loaded_models(), "device": rt.manager.device}
+    body = {
+        "status": status,
+        "models_loaded": rt.manager.loaded_models(),
+        "device": rt.manager.device,
+    }
     return jsonify(body), (503 if rt.draining else 200)

@@ -42,8 +42,10 @@ def get_int(body: dict, key: str, default=None, *, lo=None, hi=None, param=None)
     value = body.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        isinstance(value, float) and (not math.isfinite(value) or not value.is_integer())
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()))
     ):
         raise BadRequest(f"'{param or key}' must be an integer", param=param or key)
     value = int(value)
