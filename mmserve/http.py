@@ -71,26 +71,29 @@ def install(app: Flask, runtime) -> None:
     @app.after_request
     def _finish(response):
         response.headers["X-Request-ID"] = getattr(g, "request_id", "-")
-        duration = time.monotonic() - getattr(g, "t0", time.monotonic())
-        access_log.info(
-            "%s %s model=%s status=%s duration_ms=%.1f tokens=%s",
-            request.method,
-            request.path,
-            getattr(g, "model", None) or "-",
-            response.status_code,
-            duration * 1000,
-            getattr(g, "tokens", None) if getattr(g, "tokens", None) is not None else "-",
-            extra={
-                "route": request.path,
-                "method": request.method,
-                "model": getattr(g, "model", None),
-                "status": response.status_code,
-                "duration_ms": round(duration * 1000, 1),
-                "tokens": getattr(g, "tokens", None),
-            },
-        )
-        if runtime.metrics is not None:
-            runtime.metrics.observe_request(request, response, duration)
+        state = g._get_current_object()
+        method, path = request.method, request.path
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+
+        def log_line():
+            duration = time.monotonic() - getattr(state, "t0", time.monotonic())
+            model = getattr(state, "model", None)
+            tokens = getattr(state, "tokens", None)
+            access_log.info(
+                "%s %s model=%s status=%s duration_ms=%.1f tokens=%s",
+                method, path, model or "-", response.status_code, duration * 1000,
+                "-" if tokens is None else tokens,
+                extra={"route": path, "method": method, "model": model,
+                       "status": response.status_code, "duration_ms": round(duration * 1000, 1),
+                       "tokens": tokens, "request_id": getattr(state, "request_id", "-")},
+            )  # fmt: skip
+            if runtime.metrics is not None:
+                runtime.metrics.observe_request(rule, model, response.status_code, duration)
+
+        if response.is_streamed:
+            response.call_on_close(log_line)  # one line when the stream ends, with its tokens
+        else:
+            log_line()
         return response
 
     @app.errorhandler(Exception)

@@ -15,7 +15,8 @@ class RequestIdFilter(logging.Filter):
     """Adds the current request id (or '-') to every record."""
 
     def filter(self, record):
-        record.request_id = getattr(g, "request_id", "-") if has_request_context() else "-"
+        if not getattr(record, "request_id", None):
+            record.request_id = getattr(g, "request_id", "-") if has_request_context() else "-"
         return True
 
 

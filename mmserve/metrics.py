@@ -52,13 +52,9 @@ class Metrics:
         self.registry.register(_StateCollector(runtime))
 
     # hooks -------------------------------------------------------------------
-    def observe_request(self, request, response, duration: float) -> None:
-        from flask import g
-
-        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        model = getattr(g, "model", None)
+    def observe_request(self, rule: str, model: str | None, status: int, duration: float) -> None:
         model = model if (self.runtime and model in self.runtime.table) else "-"
-        self.requests.labels(rule, model, str(response.status_code)).inc()
+        self.requests.labels(rule, model, str(status)).inc()
         self.latency.labels(rule, model).observe(duration)
 
     def on_generation(self, result) -> None:

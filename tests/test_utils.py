@@ -148,3 +148,20 @@ def test_preload_of_an_unknown_model_fails_fast(make_app):
 def test_models_stay_inside_models_dir():
     spec = validate_entry(tiny_entry("tiny_text"))
     assert spec.path(Path("/srv/models")) == Path("/srv/models/tiny_text")
+
+
+def test_a_stream_is_logged_once_when_it_ends_with_its_tokens(make_app, tmp_path):
+    client = make_app(log_to_file=True).test_client()
+    r = client.post(
+        "/generate/tiny_text",
+        json={"prompt": "x", "max_new_tokens": 4, "stream": True},
+        headers={"X-Request-ID": "stream-7"},
+    )
+    r.get_data()
+    r.close()
+    lines = [
+        ln
+        for ln in (tmp_path / "logs" / "server.log").read_text().splitlines()
+        if "[stream-7]" in ln and "POST" in ln
+    ]
+    assert len(lines) == 1 and "tokens=-" not in lines[0] and "status=200" in lines[0]
