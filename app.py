@@ -11,7 +11,7 @@ from flask import Flask
 from mmserve import http
 from mmserve.logs import setup_logging
 from mmserve.metrics import bp as metrics_bp
-from mmserve.routes import admin, native
+from mmserve.routes import admin, native, openai
 from mmserve.runtime import build_runtime
 from mmserve.settings import Settings
 
@@ -47,6 +47,7 @@ def create_app(config: dict | None = None) -> Flask:
     http.install(app, runtime)
     app.register_blueprint(native.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(openai.bp)
     app.register_blueprint(metrics_bp)
 
     stop = threading.Event()

@@ -172,7 +172,11 @@ def to_server_error(exc: BaseException) -> ServerError:
             405: "method not allowed on this route",
             413: "request body is too large",
         }
-        return cls(messages.get(exc.code or 500, "internal server error"))
+        err = cls(messages.get(exc.code or 500, "internal server error"))
+        allow = dict(exc.get_headers()).get("Allow")
+        if allow:
+            err.headers["Allow"] = allow
+        return err
     if is_oom(exc):
         return OutOfMemory("out of memory while serving the request; try again shortly")
     log.error("unhandled error", exc_info=exc)

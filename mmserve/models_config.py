@@ -46,6 +46,7 @@ MODELS_CONFIG: list[dict] = [
         "family": "text",
         "quantization": 4,
         "capabilities": ["text"],
+        "reasoning": True,
         "generation": {"max_new_tokens": 1024, "temperature": 0.6, "top_p": 0.95},
     },
     {
@@ -69,10 +70,13 @@ MODELS_CONFIG: list[dict] = [
     },
     {
         "name": "qwen_omni",
-        "description": "Qwen2.5-Omni-3B: text, image, audio and video in one request",
+        "description": "Qwen2.5-Omni-3B: text, image, audio and video in one request; speech out",
         "repo_id": "Qwen/Qwen2.5-Omni-3B",
         "local_dir": "qwen2.5-omni-3b",
         "family": "omni",
+        # the full model (thinker + talker + token2wav) so that return_audio works; the family
+        # default, the thinker alone, would save its memory but answer text only
+        "loader_class": "Qwen2_5OmniForConditionalGeneration",
         "capabilities": ["text", "image", "audio", "video"],
         "generation": {"max_new_tokens": 256, "temperature": 0.0},
     },
@@ -87,7 +91,16 @@ MODELS_CONFIG: list[dict] = [
     },
 ]
 
-GENERATION_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty"}
+GENERATION_KEYS = {
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    # speech output of omni models (families/omni.py): codec tokens and vocoder steps
+    "talker_max_new_tokens",
+    "token2wav_num_steps",
+}
 
 
 class ConfigError(ValueError):
@@ -113,6 +126,7 @@ class ModelSpec:
     keep_alive: float | None = None  # None: the server default
     capabilities: tuple[str, ...] = ("text",)
     trust_remote_code: bool = False
+    reasoning: bool = False  # the chat template opens <think>: output starts inside reasoning
     generation: dict = field(default_factory=dict)
     owned_by: str = "mmserve"
 
@@ -187,6 +201,9 @@ def validate_entry(raw: dict) -> ModelSpec:
     trc = raw.get("trust_remote_code", False)
     if not isinstance(trc, bool):
         _fail(name, "trust_remote_code", "must be true or false")
+    reasoning = raw.get("reasoning", False)
+    if not isinstance(reasoning, bool):
+        _fail(name, "reasoning", "must be true or false")
     for key in ("loader_class", "processor_class"):
         value = raw.get(key)
         if value is not None and not (isinstance(value, str) and value.isidentifier()):
@@ -207,6 +224,7 @@ def validate_entry(raw: dict) -> ModelSpec:
         keep_alive=keep_alive,
         capabilities=tuple(caps),
         trust_remote_code=trc,
+        reasoning=reasoning,
         generation=dict(gen),
         owned_by=str(raw.get("owned_by") or (repo_id or "mmserve").split("/")[0]),
     )

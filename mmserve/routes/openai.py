@@ -1,0 +1,245 @@
+"""OpenAI-compatible routes under /v1: a translator in front of the same InferenceService."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from ..errors import BadRequest, ServerError, to_server_error
+from ..reasoning import REASONING, ReasoningSplitter
+from ..runtime import get_runtime
+from ..schemas import openai as schema
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+DONE = "data: [DONE]\n\n"
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def json_body():
+    """The parsed JSON body, or a 400."""
+    body = request.get_json(silent=True, force=True)
+    if body is None:
+        raise BadRequest("request body must be valid JSON")
+    return body
+
+
+def sse(obj: dict) -> str:
+    """One server-sent event holding a JSON object."""
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+class EventStream:
+    """An SSE body. Closing it (end of response, or the client went away) closes the
+    service's stream, which cancels the generation and releases the model."""
+
+    def __init__(self, events, source):
+        self._events = events
+        self._source = source
+
+    def __iter__(self):
+        return self._events
+
+    def close(self) -> None:
+        self._events.close()
+        self._source.close()
+
+
+def start_stream(service, req, prompt_field: str | None = None):
+    """The service stream advanced to its first item: errors before the first byte get their
+    own status, and the stream is started, so closing it always reaches the service's cleanup."""
+    try:
+        source = service.stream(req)
+        first = next(source)
+    except ServerError as exc:
+        raise _on_prompt(exc, prompt_field) from None
+    return itertools.chain([first], source), source
+
+
+def _on_prompt(exc: ServerError, prompt_field: str | None) -> ServerError:
+    """/v1/completions has no messages: name its prompt field instead."""
+    if prompt_field and exc.param in ("messages", "prompt"):
+        exc.param = prompt_field
+    return exc
+
+
+def _streamed(events, source) -> Response:
+    """The text/event-stream response over `events`, tied to the service stream `source`."""
+    return Response(EventStream(events, source), mimetype="text/event-stream", headers=_SSE_HEADERS)
+
+
+def _failed(exc: Exception) -> str:
+    """A failure after the stream started: the error as the last event (headers are sent)."""
+    return sse(to_server_error(exc).openai_body())
+
+
+@bp.get("/models")
+def list_models():
+    """Every table entry, with its live load state."""
+    rt = get_runtime()
+    data = [_model_entry(rt, spec) for spec in rt.table.values()]
+    return jsonify({"object": "list", "data": data})
+
+
+@bp.get("/models/<path:model_id>")
+def retrieve_model(model_id: str):
+    """One table entry (404 model_not_found for a name not in the table)."""
+    rt = get_runtime()
+    return jsonify(_model_entry(rt, rt.manager.spec(model_id)))
+
+
+def _model_entry(rt, spec) -> dict:
+    """A /v1/models entry; `created` is the mtime of the model's folder (0 if absent)."""
+    try:
+        created = int(spec.path(rt.settings.models_dir).stat().st_mtime)
+    except OSError:
+        created = 0
+    return schema.model_entry(spec, rt.manager.is_loaded(spec.name), created)
+
+
+@bp.post("/chat/completions")
+def chat_completions():
+    """Chat with any generating model; R1-style reasoning split out of the content."""
+    rt = get_runtime()
+    body = json_body()
+    with rt.tmp.scope() as tmp_dir:
+        call = schema.parse_chat(body, rt.settings, tmp_dir, rt.manager.spec)
+    req = call.request
+    g.model = req.model
+    # Models whose template opens the think block (table field `reasoning`) start inside it.
+    opened = rt.manager.spec(req.model).reasoning
+    key = call.reasoning_key
+    if not call.stream:
+        result = rt.service.generate(req)
+        g.tokens = result.completion_tokens
+        return jsonify(schema.chat_completion(result, req.model, key, opened))
+    events, source = start_stream(rt.service, req)
+    splitter = ReasoningSplitter(opened) if key else None
+    return _streamed(_chat_events(call, events, splitter, key), source)
+
+
+def _chat_events(call, events, splitter, key):
+    """chat.completion.chunk events: role, deltas (reasoning under `key`), finish, usage, DONE."""
+    rid, model = schema.new_id("chatcmpl"), call.request.model
+    extra = {"usage": None} if call.include_usage else {}
+
+    def chunk(delta: dict, finish=None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return sse(schema.envelope("chat.completion.chunk", rid, model, [choice], **extra))
+
+    def deltas(pieces):
+        for kind, text in pieces:
+            yield chunk({key if kind == REASONING else "content": text})
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        result = None
+        for item in events:
+            if not isinstance(item, str):
+                result = item
+            elif splitter is None:
+                yield chunk({"content": item})
+            else:
+                yield from deltas(splitter.feed(item))
+        if splitter is not None:
+            yield from deltas(splitter.flush())
+        yield chunk({}, schema.finish_reason(result))
+        if call.include_usage:
+            usage = schema.usage(result.prompt_tokens, result.completion_tokens)
+            yield sse(schema.envelope("chat.completion.chunk", rid, model, [], usage=usage))
+    except Exception as exc:  # noqa: BLE001 - reported in-band: headers are already sent
+        yield _failed(exc)
+    yield DONE
+
+
+@bp.post("/completions")
+def completions():
+    """Raw-prompt completions; several prompts give several choices."""
+    rt = get_runtime()
+    call = schema.parse_completion(json_body(), rt.settings, rt.manager.spec)
+    g.model = call.requests[0].model
+    if call.stream:
+        req = call.requests[0]
+        events, source = start_stream(rt.service, req, req.messages[0].parts[0].field)
+        return _streamed(_completion_events(call, events), source)
+    results = []
+    for req in call.requests:
+        try:
+            results.append(rt.service.generate(req))
+        except ServerError as exc:
+            raise _on_prompt(exc, req.messages[0].parts[0].field) from None
+    g.tokens = sum(r.completion_tokens for r in results)
+    choices = [
+        {"index": i, "text": r.text, "logprobs": None, "finish_reason": schema.finish_reason(r)}
+        for i, r in enumerate(results)
+    ]
+    usage = schema.usage(sum(r.prompt_tokens for r in results), g.tokens)
+    rid = schema.new_id("cmpl")
+    return jsonify(schema.envelope("text_completion", rid, g.model, choices, usage=usage))
+
+
+def _completion_events(call, events):
+    """text_completion events: text deltas, finish, optional usage, DONE."""
+    rid, model = schema.new_id("cmpl"), call.requests[0].model
+    extra = {"usage": None} if call.include_usage else {}
+
+    def chunk(text: str, finish=None) -> str:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return sse(schema.envelope("text_completion", rid, model, [choice], **extra))
+
+    try:
+        result = None
+        for item in events:
+            if isinstance(item, str):
+                yield chunk(item)
+            else:
+                result = item
+        yield chunk("", schema.finish_reason(result))
+        if call.include_usage:
+            usage = schema.usage(result.prompt_tokens, result.completion_tokens)
+            yield sse(schema.envelope("text_completion", rid, model, [], usage=usage))
+    except Exception as exc:  # noqa: BLE001 - reported in-band: headers are already sent
+        yield _failed(exc)
+    yield DONE
+
+
+@bp.post("/embeddings")
+def embeddings():
+    """Unit vectors from an embedding-family model, as floats or base64 float32."""
+    rt = get_runtime()
+    call = schema.parse_embeddings(json_body(), rt.manager.spec)
+    g.model = call.model
+    vectors, tokens = rt.service.embed(call.model, call.texts, call.keep_alive)
+    size = len(vectors[0]) if vectors else 0
+    if call.dimensions is not None and call.dimensions != size:
+        raise BadRequest(
+            f"'dimensions' cannot change the size of this model's vectors ({size})",
+            param="dimensions",
+            code="unsupported_parameter",
+        )
+    data = schema.embedding_data(vectors, call.encoding_format)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return jsonify({"object": "list", "data": data, "model": call.model, "usage": usage})
+
+
+@bp.post("/audio/transcriptions")
+def transcriptions():
+    """Speech to text through an audio-capable chat model."""
+    rt = get_runtime()
+    with rt.tmp.scope() as tmp_dir:
+        call = schema.parse_transcription(
+            request.form, request.files, rt.settings, tmp_dir, rt.manager.spec
+        )
+    g.model = call.request.model
+    result = rt.service.generate(call.request)
+    g.tokens = result.completion_tokens
+    if call.response_format == "text":
+        return Response(result.text, mimetype="text/plain")
+    usage = {
+        "type": "tokens",
+        "input_tokens": result.prompt_tokens,
+        "output_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+    return jsonify({"text": result.text, "usage": usage})
