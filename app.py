@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
 
@@ -63,7 +62,6 @@ def create_app(config: dict | None = None) -> Flask:
         runtime.manager.close(settings.shutdown_timeout if timeout is None else timeout)
 
     app.extensions["mmserve_close"] = close
-    atexit.register(close, 0)
     if settings.preload:
         threading.Thread(target=_preload, args=(runtime,), name="preload", daemon=True).start()
     log.info(

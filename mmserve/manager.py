@@ -137,7 +137,7 @@ class ModelManager:
             slot.waiting += 1
             deadline = time.monotonic() + s.queue_timeout
             try:
-                while slot.active >= s.max_concurrency:
+                while slot.active >= self._concurrency(slot):
                     left = deadline - time.monotonic()
                     if left <= 0 or self.closed:
                         raise Unavailable(
@@ -262,6 +262,13 @@ class ModelManager:
             return slot.spec.keep_alive
         return self.settings.default_keep_alive
 
+    def _concurrency(self, slot: Slot) -> int:
+        """Generations at once on one model: a family that batches admits a whole batch."""
+        s = self.settings
+        if s.batch_max_size > 1 and getattr(get_handler(slot.spec.family), "batchable", False):
+            return max(s.max_concurrency, s.batch_max_size)
+        return s.max_concurrency
+
     def _release(self, slot: Slot, keep_alive: float | None) -> None:
         with self._lock:
             slot.active -= 1
@@ -307,6 +314,8 @@ class ModelManager:
         slot.state = "unloaded"
         freed = lm.bytes if lm else 0
         if lm is not None:
+            if getattr(lm, "batcher", None) is not None:
+                lm.batcher.close()  # idle: refs == 0, so its worker holds no request
             lm.model = lm.processor = lm.tokenizer = None
         del lm
         collect()

@@ -6,14 +6,23 @@ import logging
 import threading
 import time
 
+import psutil
 import torch
 from transformers import StoppingCriteriaList
 
-from .errors import BadRequest, ContextLengthExceeded, OutOfMemory, is_oom
+from .batching import BatchedRun, batcher_for
+from .errors import BadRequest, ContextLengthExceeded, ModelLoadFailed, OutOfMemory, is_oom
 from .generation import CancelOnEvent, StopText, StreamRun, sampling_kwargs, trim_completion
 from .types import GenerationRequest, GenerationResult
 
 log = logging.getLogger("mmserve.service")
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    """GPU memory ran out (not host RAM: a MemoryError is not helped by the CPU)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "cuda out of memory" in str(exc).lower()
 
 
 class InferenceService:
@@ -23,13 +32,15 @@ class InferenceService:
         self.manager = manager
         self.settings = settings
         self.hooks = hooks
+        self._batch_lock = threading.Lock()  # makes each model's batcher once
 
     # --- checks done before any model is touched ---------------------------
     def check(self, req: GenerationRequest):
         spec = self.manager.spec(req.model)
         from .families import get_handler
 
-        if not get_handler(spec.family).generates:
+        handler = get_handler(spec.family)
+        if not handler.generates:
             raise BadRequest(f"model '{spec.name}' is an embedding model", param="model")
         for part in req.media_parts():
             if part.type not in spec.capabilities:
@@ -48,6 +59,7 @@ class InferenceService:
                 param="max_tokens",
                 code="limit_exceeded",
             )
+        handler.check_request(spec, req)
         return spec
 
     def _prepare(self, lm, req: GenerationRequest):
@@ -107,21 +119,32 @@ class InferenceService:
         started = time.monotonic()
         with self.manager.lease(req.model, req.keep_alive) as lease:
             lm = lease.model
-            for attempt in (1, 2):
+            method = None  # "cpu_fallback" once the request runs on a CPU copy
+            for attempt in (1, 2, 3):
                 try:
                     prepared, kwargs = self._prepare(lm, req)
-                    sequences = lm.handler.generate(lm, prepared, kwargs)
+                    batcher = None
+                    if method is None:  # a CPU fallback copy is this request's alone
+                        batcher = batcher_for(lm, self.settings, self._batch_lock)
+                    if batcher is not None:
+                        cancel = threading.Event()
+                        ids = batcher.submit(prepared, kwargs, cancel, req.params.seed).result()
+                    else:
+                        sequences = lm.handler.generate(lm, prepared, kwargs)
+                        ids = lm.handler.completion_ids(lm, prepared, sequences)
                     break
                 except Exception as exc:
                     if not is_oom(exc):
                         raise
-                    if attempt == 2:
+                    if attempt == 2 and self._may_fall_back(lm, exc):
+                        lm, method = self._cpu_copy(lm), "cpu_fallback"
+                        continue
+                    if attempt >= 2:
                         raise OutOfMemory(
                             f"out of memory running model '{req.model}'; try a shorter request"
                         ) from exc
                     log.warning("out of memory in %s; freeing memory and retrying", req.model)
                     self.manager.free_memory(exclude=req.model)
-            ids = lm.handler.completion_ids(lm, prepared, sequences)
             completion = trim_completion(lm, ids, kwargs["max_new_tokens"], cancelled=False)
             text = lm.tokenizer.decode(completion.ids, skip_special_tokens=True)
             if req.params.stop:
@@ -130,7 +153,47 @@ class InferenceService:
                 if cut.stopped:
                     completion.finish_reason = "stop"
             extras = lm.handler.extras(lm, prepared, req)
+            if method:
+                extras["generation_method"] = method
             return self._result(lm, req, prepared, text, completion, started, None, extras)
+
+    # --- CPU fallback: step 2 after a second CUDA out-of-memory ----------------------
+    def _may_fall_back(self, lm, exc: BaseException) -> bool:
+        """Whether a request that ran out of GPU memory twice may run on the CPU instead."""
+        return (
+            self.settings.allow_cpu_fallback
+            and getattr(lm.handler, "cpu_fallback", False)
+            and lm.spec.quantization is None
+            and _is_cuda_oom(exc)
+        )
+
+    def _cpu_copy(self, lm):
+        """A float32 CPU copy of the leased model, for this one request.
+
+        The lease on the GPU model is kept (so it is neither evicted nor reloaded under
+        other requests, and their state is untouched); the copy is dropped with the request.
+        """
+        from .loader import DevicePlan, load_model
+        from .memory import GB, estimate_model_bytes
+
+        path = lm.spec.path(self.settings.models_dir)
+        need = estimate_model_bytes(path, "float32", None)
+        free = psutil.virtual_memory().available
+        if need > free:
+            raise OutOfMemory(
+                f"out of GPU memory running model '{lm.spec.name}', and its CPU fallback needs "
+                f"about {need / GB:.1f} GB of RAM ({free / GB:.1f} GB free)"
+            )
+        log.warning("out of GPU memory again in %s; running the request on the CPU", lm.spec.name)
+        try:
+            return load_model(lm.spec, path, DevicePlan("cpu", torch.float32), lm.handler)
+        except Exception as exc:
+            if is_oom(exc):
+                raise OutOfMemory(f"not enough memory to run model '{lm.spec.name}' on the CPU") from exc
+            raise ModelLoadFailed(
+                f"model '{lm.spec.name}' could not be loaded on the CPU for a fallback",
+                details=type(exc).__name__,
+            ) from exc
 
     def stream(self, req: GenerationRequest):
         """Start a streamed generation. Checks and the model lease happen now, before any
@@ -149,14 +212,22 @@ class InferenceService:
         cancel = threading.Event()
         criteria = StoppingCriteriaList([CancelOnEvent(cancel)])
         kwargs["stopping_criteria"] = criteria
-        run = StreamRun(lm, prepared, kwargs, cancel)
+        run = self._stream_run(lm, req, prepared, kwargs, cancel)
         return self._stream_iter(lease, lm, req, prepared, kwargs, run, started, criteria)
+
+    def _stream_run(self, lm, req, prepared, kwargs, cancel):
+        """A StreamRun, or its batched twin when the model has a batcher."""
+        batcher = batcher_for(lm, self.settings, self._batch_lock)
+        if batcher is not None:
+            return BatchedRun(batcher, prepared, kwargs, cancel, req.params.seed)
+        return StreamRun(lm, prepared, kwargs, cancel)
 
     def _stream_iter(self, lease, lm, req, prepared, kwargs, run, started, criteria):
         cut = StopText(req.params.stop)
         finished = False
+        method = None
         try:
-            for attempt in (1, 2):
+            for attempt in (1, 2, 3):
                 run.start()
                 try:
                     for piece in run.deltas():
@@ -167,8 +238,16 @@ class InferenceService:
                             run.cancel()
                     break
                 except Exception as exc:
-                    # Out of memory before any text was sent: free memory and retry once.
-                    if not is_oom(exc) or cut.emitted or cut.buffer or attempt == 2:
+                    # Out of memory before any text was sent: free memory and retry once,
+                    # then run on a CPU copy where that is allowed.
+                    early = is_oom(exc) and not (cut.emitted or cut.buffer)
+                    if early and attempt == 2 and self._may_fall_back(lm, exc):
+                        lm, method = self._cpu_copy(lm), "cpu_fallback"
+                        prepared, kwargs = self._prepare(lm, req)
+                        kwargs["stopping_criteria"] = criteria
+                        run = StreamRun(lm, prepared, kwargs, run.cancel_event)
+                        continue
+                    if not early or attempt >= 2:
                         if is_oom(exc):
                             raise OutOfMemory(
                                 f"out of memory running model '{req.model}'; try a shorter request"
@@ -178,16 +257,21 @@ class InferenceService:
                         "out of memory in %s stream; freeing memory and retrying", req.model
                     )
                     self.manager.free_memory(exclude=req.model)
-                    run = StreamRun(lm, prepared, kwargs, run.cancel_event)
+                    run = self._stream_run(lm, req, prepared, kwargs, run.cancel_event)
             tail = cut.flush()
             if tail:
                 yield tail
             run.wait()
-            ids = lm.handler.completion_ids(lm, prepared, run.sequences)
+            if isinstance(run, BatchedRun):
+                ids = run.completion_ids
+            else:
+                ids = lm.handler.completion_ids(lm, prepared, run.sequences)
             completion = trim_completion(lm, ids, kwargs["max_new_tokens"], cancelled=False)
             if cut.stopped:
                 completion.finish_reason = "stop"
             extras = lm.handler.extras(lm, prepared, req)
+            if method:
+                extras["generation_method"] = method
             finished = True
             yield self._result(
                 lm, req, prepared, cut.emitted, completion, started, run.first_token_at, extras

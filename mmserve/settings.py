@@ -30,6 +30,9 @@ class Settings:
     memory_warning_fraction: float = 0.9
     default_keep_alive: float = 300.0  # seconds; -1 forever, 0 unload after each request
     max_concurrency: int = 1  # generations at once per model
+    batch_max_size: int = 8  # text requests per padded generate; 1 disables batching
+    batch_max_wait_ms: float = 25.0  # longest a batch waits for more requests after its first
+    batch_max_gap_ms: float = 10.0  # a batch also closes when no request came for this long
     max_queue: int = 32  # requests waiting per model before 429
     queue_timeout: float = 300.0  # seconds a request may wait for its model before 503
     allow_cpu_fallback: bool = True

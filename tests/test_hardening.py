@@ -17,7 +17,7 @@ def rt_of(app):
 
 
 def test_queue_bound_gives_429_with_retry_after_and_wait_timeout_503(make_app):
-    app = make_app([tiny_entry("tiny_text")], max_queue=1, queue_timeout=1.0)
+    app = make_app([tiny_entry("tiny_text")], max_queue=1, queue_timeout=1.0, batch_max_size=1)
     client, rt = app.test_client(), rt_of(app)
     holder = rt.manager.acquire("tiny_text")  # the one generation slot is busy
     waiter_result = {}

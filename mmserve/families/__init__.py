@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from .audio import AudioHandler
 from .base import FamilyHandler
 from .embedding import EmbeddingHandler
+from .omni import OmniHandler
 from .text import TextHandler
+from .vision import VisionLanguageHandler
+from .vqa import VQAHandler
 
 _REGISTRY: dict[str, FamilyHandler] = {}
 
@@ -23,9 +27,12 @@ def get_handler(family: str) -> FamilyHandler:
 
 
 def _register_builtins() -> None:
-    for handler in (TextHandler(), EmbeddingHandler()):
+    for handler in (
+        TextHandler(),
+        EmbeddingHandler(),
+        VisionLanguageHandler(),
+        VQAHandler(),
+        AudioHandler(),
+        OmniHandler(),
+    ):
         register(handler)
-    try:
-        from . import multimodal  # noqa: F401 - registers the media families
-    except ImportError:  # pragma: no cover - optional until the module exists
-        pass

@@ -34,6 +34,9 @@ class FamilyHandler:
     default_loader = "AutoModelForCausalLM"
     default_processor = "AutoTokenizer"
     generates = True  # False for embedding models
+    # True: on a second CUDA out-of-memory the service may run the request on a CPU copy
+    # of the model (settings.allow_cpu_fallback; never for quantized entries).
+    cpu_fallback = False
 
     def load(self, spec: ModelSpec, path: Path, plan: DevicePlan):
         """from_pretrained with the entry's (or the family's) classes."""
@@ -44,6 +47,9 @@ class FamilyHandler:
         return model, processor
 
     # --- inputs -----------------------------------------------------------
+    def check_request(self, spec: ModelSpec, req: GenerationRequest) -> None:
+        """Family rules checked before the model is loaded; raise BadRequest to refuse."""
+
     def prepare(self, lm, req: GenerationRequest) -> Prepared:
         raise NotImplementedError
 

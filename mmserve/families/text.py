@@ -11,6 +11,7 @@ class TextHandler(FamilyHandler):
     family = "text"
     default_loader = "AutoModelForCausalLM"
     default_processor = "AutoTokenizer"
+    batchable = True  # concurrent requests may share one padded generate (mmserve.batching)
 
     def render_prompt(self, tokenizer, req: GenerationRequest) -> tuple[str, bool]:
         """The prompt string and whether the tokenizer should add its special tokens."""

@@ -1,0 +1,1 @@
+"""Benchmarks of mmserve: `python bench/run_bench.py` (see README, Benchmark)."""
