@@ -189,7 +189,9 @@ class InferenceService:
             return load_model(lm.spec, path, DevicePlan("cpu", torch.float32), lm.handler)
         except Exception as exc:
             if is_oom(exc):
-                raise OutOfMemory(f"not enough memory to run model '{lm.spec.name}' on the CPU") from exc
+                raise OutOfMemory(
+                    f"not enough memory to run model '{lm.spec.name}' on the CPU"
+                ) from exc
             raise ModelLoadFailed(
                 f"model '{lm.spec.name}' could not be loaded on the CPU for a fallback",
                 details=type(exc).__name__,
@@ -213,7 +215,9 @@ class InferenceService:
         criteria = StoppingCriteriaList([CancelOnEvent(cancel)])
         kwargs["stopping_criteria"] = criteria
         run = self._stream_run(lm, req, prepared, kwargs, cancel)
-        return self._stream_iter(lease, lm, req, prepared, kwargs, run, started, criteria)
+        return Stream(
+            self._stream_iter(lease, lm, req, prepared, kwargs, run, started, criteria), lease
+        )
 
     def _stream_run(self, lm, req, prepared, kwargs, cancel):
         """A StreamRun, or its batched twin when the model has a batcher."""
@@ -293,3 +297,29 @@ class InferenceService:
             raise BadRequest(f"model '{model}' is not an embedding model", param="model")
         with self.manager.lease(model, keep_alive) as lease:
             return lease.model.handler.embed(lease.model, texts)
+
+
+class Stream:
+    """The iterator `InferenceService.stream` returns.
+
+    Invariant: the lease is released exactly once, also when the stream is closed
+    before its first item (a generator closed before it starts never runs its
+    `finally`, which would leak the model's reference count).
+    """
+
+    def __init__(self, gen, lease):
+        self._gen = gen
+        self._lease = lease
+        self._started = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self._started = True
+        return next(self._gen)
+
+    def close(self) -> None:
+        if not self._started:
+            self._lease.release()
+        self._gen.close()

@@ -48,7 +48,6 @@ class Settings:
     api_key: str | None = None
     admin_key: str | None = None
     preload: list[str] = field(default_factory=list)
-    default_model: str = "smollm2"
     shutdown_timeout: float = 30.0
     remote_media_hosts: list[str] = field(default_factory=list)
     models: list[dict] = field(default_factory=list)  # extra/override table entries

@@ -118,7 +118,9 @@ def test_vqa_needs_exactly_one_image(make_app, body, param):
 
 @pytest.mark.parametrize("fmt", ["wav", "mp3", "flac", "m4a"])
 def test_audio_answers_about_a_clip(make_app, fmt):
-    out = ok(make_app().test_client(), "tiny_audio", audio=b64(make_audio(fmt)), prompt="Transcribe.")
+    out = ok(
+        make_app().test_client(), "tiny_audio", audio=b64(make_audio(fmt)), prompt="Transcribe."
+    )
     assert out["model_type"] == "audio"
 
 
@@ -213,7 +215,9 @@ PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>
         "video-to-vqa-model", "raw-with-media",
     ],  # fmt: skip
 )
-def test_bad_media_is_400_naming_the_field_and_loads_nothing(make_app, model, body, settings, param):
+def test_bad_media_is_400_naming_the_field_and_loads_nothing(
+    make_app, model, body, settings, param
+):
     app = make_app(**settings)
     r = post(app.test_client(), model, **body)
     assert r.status_code == 400, r.get_json()

@@ -198,3 +198,16 @@ def test_text_model_refuses_an_image_before_loading(make_app):
     r = client.post("/generate/tiny_text", json={"prompt": "what?", "image": img})
     assert r.status_code == 400 and r.get_json()["param"] == "image"
     assert app.extensions["mmserve"].manager.status_of("tiny_text")["state"] == "unloaded"
+
+
+def test_a_stream_closed_before_its_first_item_releases_the_model(make_app):
+    from mmserve.types import GenerationRequest, Message, Part, SamplingParams
+
+    rt = make_app([tiny_entry("tiny_text")]).extensions["mmserve"]
+    req = GenerationRequest(
+        "tiny_text", [Message("user", [Part("text", text="x")])], SamplingParams(max_new_tokens=3)
+    )
+    stream = rt.service.stream(req)
+    assert rt.manager.status_of("tiny_text")["ref_count"] == 1
+    stream.close()
+    assert rt.manager.status_of("tiny_text")["ref_count"] == 0

@@ -28,9 +28,7 @@ class AudioHandler(FamilyHandler):
         messages = self.chat_messages(
             req, lambda part: qwen_media_entry(processor, part, self.accepts)
         )
-        prompt = processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         audios = [p.data for p in req.media_parts() if p.type == "audio"]
         kwargs = {"audio": audios, "sampling_rate": SAMPLE_RATE} if audios else {}
         batch = processor(text=prompt, return_tensors="pt", padding=True, **kwargs)

@@ -108,9 +108,7 @@ class OmniHandler(FamilyHandler):
         if not any(m["role"] == "system" for m in messages):
             system = {"role": "system", "content": [{"type": "text", "text": OMNI_SYSTEM_PROMPT}]}
             messages.insert(0, system)
-        prompt = processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         audios, images, videos, vkw = process_mm_info(
             messages, use_audio_in_video=False, return_video_kwargs=True
         )
@@ -148,7 +146,9 @@ class OmniHandler(FamilyHandler):
                 (f"thinker_{k}" if k in _THINKER_ONLY_INPUTS else k): v
                 for k, v in prepared.inputs.items()
             }
-            speech = {k: int(lm.spec.generation[k]) for k in _SPEECH_KEYS if k in lm.spec.generation}
+            speech = {
+                k: int(lm.spec.generation[k]) for k in _SPEECH_KEYS if k in lm.spec.generation
+            }
             sequences, waveform = model.generate(
                 **inputs, **kwargs, **speech, talker_eos_token_id=_talker_eos(model)
             )

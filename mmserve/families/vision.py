@@ -48,7 +48,12 @@ def qwen_media_entry(processor, part: Part, accepts: tuple[str, ...]) -> dict:
         clip = part.data
         bounds = pixel_bounds(processor.video_processor, VIDEO_FRAME_MAX_PIXELS)
         # sample_fps: the rate of the frames media.load_video sampled (becomes the fps kwarg)
-        return {"type": "video", "video": list(clip.frames), "sample_fps": float(clip.fps), **bounds}
+        return {
+            "type": "video",
+            "video": list(clip.frames),
+            "sample_fps": float(clip.fps),
+            **bounds,
+        }
     return {"type": "audio", "audio": part.data}
 
 
@@ -86,9 +91,7 @@ class VisionLanguageHandler(FamilyHandler):
         messages = self.chat_messages(
             req, lambda part: qwen_media_entry(processor, part, self.accepts)
         )
-        prompt = processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         images, videos, vkw = process_vision_info(messages, return_video_kwargs=True)
         batch = processor(
             text=[prompt],

@@ -31,7 +31,9 @@ class VQAHandler(FamilyHandler):
     def check_request(self, spec, req: GenerationRequest) -> None:
         images = [p for p in req.media_parts() if p.type == "image"]
         if not images:
-            raise BadRequest(f"model '{spec.name}' answers questions about an image; send one", param="image")
+            raise BadRequest(
+                f"model '{spec.name}' answers questions about an image; send one", param="image"
+            )
         if len(images) > 1:
             raise BadRequest(
                 f"model '{spec.name}' takes exactly one image, got {len(images)}",
