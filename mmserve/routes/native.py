@@ -7,8 +7,9 @@ import logging
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
-from ..errors import BadRequest, to_server_error
+from ..errors import to_server_error
 from ..runtime import get_runtime
+from ..schemas.fields import read_json
 from ..schemas.native import parse_generate
 
 bp = Blueprint("native", __name__)
@@ -16,11 +17,8 @@ log = logging.getLogger("mmserve.native")
 
 
 def json_body():
-    """The parsed JSON body, or a 400 naming the problem."""
-    body = request.get_json(silent=True, force=True)
-    if body is None:
-        raise BadRequest("request body must be valid JSON", param="body")
-    return body
+    """The parsed JSON body: 400 if it is not JSON, 413 if it is too large."""
+    return read_json(request, param="body")
 
 
 def result_fields(result) -> dict:

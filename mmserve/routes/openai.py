@@ -11,6 +11,7 @@ from ..errors import BadRequest, ServerError, to_server_error
 from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import openai as schema
+from ..schemas.fields import read_json
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 DONE = "data: [DONE]\n\n"
@@ -18,11 +19,8 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def json_body():
-    """The parsed JSON body, or a 400."""
-    body = request.get_json(silent=True, force=True)
-    if body is None:
-        raise BadRequest("request body must be valid JSON")
-    return body
+    """The parsed JSON body: 400 if it is not JSON, 413 if it is too large."""
+    return read_json(request, param=None)
 
 
 def sse(obj: dict) -> str:
