@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -64,6 +65,9 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["mmserve_close"] = close
     if settings.preload:
         threading.Thread(target=_preload, args=(runtime,), name="preload", daemon=True).start()
+    # The import-time heap (torch, transformers: ~450k objects) never becomes garbage; freezing
+    # it keeps the full collection each unload runs from rescanning it (~0.17 s per swap).
+    gc.freeze()
     log.info(
         "server ready: %d models in the table, device %s",
         len(runtime.table),

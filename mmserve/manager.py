@@ -18,6 +18,7 @@ import gc
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -313,12 +314,21 @@ class ModelManager:
         lm, slot.loaded = slot.loaded, None
         slot.state = "unloaded"
         freed = lm.bytes if lm else 0
+        alive = None
         if lm is not None:
             if getattr(lm, "batcher", None) is not None:
                 lm.batcher.close()  # idle: refs == 0, so its worker holds no request
+            alive = weakref.ref(lm.model)
             lm.model = lm.processor = lm.tokenizer = None
         del lm
-        collect()
+        # Reference counting frees the weights at once in the usual case; a full collection
+        # (frozen objects included) runs only when a reference cycle still holds the model.
+        if alive is not None and alive() is not None:
+            gc.unfreeze()
+            collect()
+            gc.freeze()
+        else:
+            collect(full=False)
         self.evictions += reason not in ("admin", "shutdown")
         log.info("unloaded %s (%s), %.2f GB", slot.spec.name, reason, freed / GB)
         if self.hooks:
@@ -391,6 +401,10 @@ class ModelManager:
                     f"model '{spec.name}' failed to load; see the server log",
                     details=type(exc).__name__,
                 ) from exc
+        # What a load creates lives until the unload: collect its garbage now, then freeze
+        # the rest so later automatic collections (and the next load) do not rescan it.
+        gc.collect()
+        gc.freeze()
         slot.load_seconds = time.monotonic() - t0
         log.info(
             "loaded %s on %s (%s) in %.2fs, %.2f GB (estimated %.2f GB)",
@@ -401,9 +415,9 @@ class ModelManager:
         return lm
 
 
-def collect() -> None:
-    """Collect garbage and return cached CUDA blocks to the driver."""
-    gc.collect()
+def collect(full: bool = True) -> None:
+    """Collect garbage (all generations, or only the youngest) and return cached CUDA blocks."""
+    gc.collect(2 if full else 0)
     try:
         import torch
 
