@@ -17,18 +17,23 @@ def _busy_seconds() -> float:
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
+_seen: dict[int, float] = {}  # pid -> last CPU seconds read, kept after the process exits
+
+
 def _own_seconds() -> float:
-    """CPU seconds of this process and its live children (the servers)."""
+    """CPU seconds of this process and every child seen so far (the servers, their workers).
+
+    A child's last reading is kept after it exits, so stopping a server does not make its
+    CPU time look like someone else's.
+    """
     me = psutil.Process()
-    c = me.cpu_times()
-    total = c.children_user + c.children_system  # children already gone and waited for
     for p in [me, *me.children(recursive=True)]:
         try:
             c = p.cpu_times()
-            total += c.user + c.system
+            _seen[p.pid] = max(_seen.get(p.pid, 0.0), c.user + c.system)
         except psutil.Error:
             pass
-    return total
+    return sum(_seen.values())
 
 
 def busy_cores(seconds: float = 2.0) -> float:
