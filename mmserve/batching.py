@@ -22,6 +22,7 @@ from transformers import StoppingCriteriaList
 
 from .errors import Unavailable
 from .families.base import Prepared
+from .families.text import is_compiled
 from .generation import eos_ids
 
 log = logging.getLogger("mmserve.batching")
@@ -327,12 +328,19 @@ class BatchedRun:
 
 
 def batcher_for(lm, settings, lock: threading.Lock) -> Batcher | None:
-    """The model's batcher, made on first use; None where its family does not batch."""
-    if settings.batch_max_size <= 1 or not getattr(lm.handler, "batchable", False):
+    """The model's batcher, made on first use; None where its family does not batch.
+
+    A compiled model always gets one, even with batching off (a batch of one): its
+    generate calls then all run on the batcher's one thread, and CUDA graphs recorded by
+    torch.compile (mode reduce-overhead) belong to the thread that recorded them.
+    """
+    if not getattr(lm.handler, "batchable", False):
+        return None
+    if settings.batch_max_size <= 1 and not is_compiled(lm):
         return None
     with lock:
         if getattr(lm, "batcher", None) is None:
             wait = settings.batch_max_wait_ms / 1000.0
             gap = settings.batch_max_gap_ms / 1000.0
-            lm.batcher = Batcher(lm, settings.batch_max_size, wait, gap)
+            lm.batcher = Batcher(lm, max(1, settings.batch_max_size), wait, gap)
         return lm.batcher

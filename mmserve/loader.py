@@ -18,6 +18,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class DevicePlan:
     device: str  # "cuda" or "cpu"
     dtype: torch.dtype
+    compile_mode: str | None = None  # text family: static KV cache + torch.compile in this mode
+    cache_len: int = 256  # the static cache's smallest length, when compiled
 
     @property
     def dtype_name(self) -> str:
@@ -37,16 +39,27 @@ class LoadedModel:
     bytes: int
 
 
-def plan_for(spec: ModelSpec, device_setting: str = "auto") -> DevicePlan:
-    """float16/bfloat16 on CUDA, float32 on the CPU; the CPU when there is no CUDA."""
+def plan_for(spec: ModelSpec, device_setting: str = "auto", settings=None) -> DevicePlan:
+    """float16/bfloat16 on CUDA, float32 on the CPU; the CPU when there is no CUDA.
+
+    With `settings.text_compile` on ("cuda": on a GPU only; "all": anywhere) a text model
+    is planned with a static KV cache and torch.compile (see TextHandler).
+    """
     use_cuda = device_setting != "cpu" and torch.cuda.is_available()
     if not use_cuda:
-        return DevicePlan("cpu", torch.float32)
-    if spec.dtype in DTYPES and spec.dtype != "float32":
-        return DevicePlan("cuda", DTYPES[spec.dtype])
-    if spec.dtype == "float32":
-        return DevicePlan("cuda", torch.float32)
-    return DevicePlan("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        plan = DevicePlan("cpu", torch.float32)
+    elif spec.dtype in DTYPES and spec.dtype != "float32":
+        plan = DevicePlan("cuda", DTYPES[spec.dtype])
+    elif spec.dtype == "float32":
+        plan = DevicePlan("cuda", torch.float32)
+    else:
+        bf16 = torch.cuda.is_bf16_supported()
+        plan = DevicePlan("cuda", torch.bfloat16 if bf16 else torch.float16)
+    compile_on = getattr(settings, "text_compile", "off")
+    if spec.family == "text" and (compile_on == "all" or (compile_on == "cuda" and use_cuda)):
+        plan.compile_mode = settings.text_compile_mode
+        plan.cache_len = settings.text_cache_len
+    return plan
 
 
 def resolve_class(name: str):
@@ -103,4 +116,6 @@ def load_model(spec: ModelSpec, path: Path, plan: DevicePlan, handler) -> Loaded
         size = int(model.get_memory_footprint())
     except (AttributeError, RuntimeError):
         size = sum(p.numel() * p.element_size() for p in model.parameters())
-    return LoadedModel(spec, model, processor, tokenizer, handler, plan, size)
+    lm = LoadedModel(spec, model, processor, tokenizer, handler, plan, size)
+    handler.warm_up(lm)
+    return lm

@@ -380,7 +380,7 @@ class ModelManager:
 
     def _load_with_room(self, slot: Slot, path: Path) -> LoadedModel:
         spec = slot.spec
-        plan = plan_for(spec, self.settings.device)
+        plan = plan_for(spec, self.settings.device, self.settings)
         need = estimate_model_bytes(path, plan.dtype_name, spec.quantization)
         self._make_room(slot, need)
         handler = get_handler(spec.family)

@@ -33,6 +33,11 @@ class Settings:
     batch_max_size: int = 8  # text requests per padded generate; 1 disables batching
     batch_max_wait_ms: float = 25.0  # longest a batch waits for more requests after its first
     batch_max_gap_ms: float = 10.0  # a batch also closes when no request came for this long
+    # Static KV cache + torch.compile for the text family: off | cuda (models on a GPU) | all
+    # (also on the CPU; slow to compile, useful for checks). The first load compiles (tens of s).
+    text_compile: str = "off"
+    text_compile_mode: str = "reduce-overhead"  # torch.compile mode; reduce-overhead = CUDA graphs
+    text_cache_len: int = 256  # static cache tokens at least; longer requests round up to 2^n
     max_queue: int = 32  # requests waiting per model before 429
     queue_timeout: float = 300.0  # seconds a request may wait for its model before 503
     allow_cpu_fallback: bool = True
@@ -84,9 +89,26 @@ class Settings:
         return int(self.ram_budget_gb * 1024**3)
 
 
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "text_compile": ("off", "cuda", "all"),
+    "text_compile_mode": (
+        "default",
+        "reduce-overhead",
+        "max-autotune",
+        "max-autotune-no-cudagraphs",
+    ),
+}
+
+
 def _coerce(cls, key: str, value):
     """Convert an env string (or a config value) to the field's type, naming the key on error."""
     default = getattr(cls(), key)
+    if key in CHOICES:
+        choice = str(value).strip().lower()
+        if choice not in CHOICES[key]:
+            raise ValueError(f"setting '{key}': {value!r} is not one of {', '.join(CHOICES[key])}")
+        return choice
     try:
         if key == "default_keep_alive":
             return parse_keep_alive(value)
@@ -107,7 +129,10 @@ def _coerce(cls, key: str, value):
                 return value.strip().lower() in ("1", "true", "yes", "on")
             return bool(value)
         if isinstance(default, int):
-            return int(value)
+            number = int(value)
+            if key == "text_cache_len" and number < 1:
+                raise ValueError(key)
+            return number
         if isinstance(default, float):
             return float(value)
         return value

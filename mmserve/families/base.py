@@ -46,6 +46,9 @@ class FamilyHandler:
         model = loader.from_pretrained(path, **model_kwargs(spec, plan))
         return model, processor
 
+    def warm_up(self, lm) -> None:
+        """Run once right after loading, on the model's device (e.g. to compile it)."""
+
     # --- inputs -----------------------------------------------------------
     def check_request(self, spec: ModelSpec, req: GenerationRequest) -> None:
         """Family rules checked before the model is loaded; raise BadRequest to refuse."""

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
+import torch
+from transformers import CompileConfig
+
 from ..errors import BadRequest
 from ..types import GenerationRequest
 from .base import FamilyHandler, Prepared
+
+log = logging.getLogger("mmserve.families.text")
+
+
+def static_cache_len(floor: int, need: int, context: int | None) -> int:
+    """Tokens to give a static cache: `need` rounded up to a power of two, at least `floor`.
+
+    Rounding keeps the number of distinct cache shapes (each one a torch.compile
+    recompilation) to a handful; the model's context caps the rounding, never `need`.
+    """
+    size = max(floor, 1 << max(need - 1, 0).bit_length())
+    if context:
+        size = min(size, max(context, floor))
+    return max(size, need)
+
+
+def is_compiled(lm) -> bool:
+    """Whether this loaded text model decodes with a static cache under torch.compile."""
+    return getattr(lm.model.generation_config, "compile_config", None) is not None
 
 
 class TextHandler(FamilyHandler):
@@ -12,6 +37,63 @@ class TextHandler(FamilyHandler):
     default_loader = "AutoModelForCausalLM"
     default_processor = "AutoTokenizer"
     batchable = True  # concurrent requests may share one padded generate (mmserve.batching)
+
+    def load(self, spec, path, plan):
+        model, processor = super().load(spec, path, plan)
+        if plan.compile_mode is not None:
+            quantizer = getattr(model, "hf_quantizer", None)
+            if quantizer is not None and not quantizer.is_compileable:
+                log.warning("%s: %s weights cannot be compiled; decoding eagerly",
+                            spec.name, spec.quantization)  # fmt: skip
+            elif not getattr(model, "_can_compile_fullgraph", False):
+                log.warning("%s: this architecture does not compile; decoding eagerly", spec.name)
+            else:
+                # Dynamic shapes: batch size and cache length vary per call without
+                # recompiling (sizes of 1 are still specialised: the warm-up covers both).
+                config = CompileConfig(mode=plan.compile_mode, dynamic=True)
+                # transformers compiles on accelerators only unless told otherwise.
+                config._compile_all_devices = plan.device != "cuda" or None
+                model.generation_config.cache_implementation = "static"
+                model.generation_config.compile_config = config
+        return model, processor
+
+    def warm_up(self, lm) -> None:
+        """Compile the decode step now, so that no request pays for it.
+
+        A batch of one, then a left-padded batch of two: torch.compile specialises sizes of
+        1, so these are the two graphs; any later batch size or cache length reuses one.
+        """
+        if not is_compiled(lm):
+            return
+        t0 = time.monotonic()
+        tok = lm.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        rows = [tok(t, return_tensors="pt")["input_ids"][0] for t in ("Hi", "Hello, how are you?")]
+        kwargs = {"max_new_tokens": 3, "min_new_tokens": 3, "do_sample": False, "pad_token_id": pad}
+        for batch in (rows[:1], rows):
+            width = max(len(r) for r in batch)
+            ids = torch.full((len(batch), width), pad if pad is not None else 0, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, r in enumerate(batch):
+                ids[i, width - len(r) :] = r
+                mask[i, width - len(r) :] = 1
+            inputs = self.to_device(lm, {"input_ids": ids, "attention_mask": mask})
+            self.generate(lm, Prepared(inputs, width), kwargs)
+        log.info("%s: compiled the decode step (static cache, mode %s) in %.1f s",
+                 lm.spec.name, lm.plan.compile_mode, time.monotonic() - t0)  # fmt: skip
+
+    def generate(self, lm, prepared: Prepared, gen_kwargs: dict):
+        if is_compiled(lm):
+            need = prepared.prompt_tokens + int(gen_kwargs.get("max_new_tokens") or 0)
+            context = getattr(lm.model.config, "max_position_embeddings", None)
+            size = static_cache_len(lm.plan.cache_len, need, context)
+            # transformers never shrinks a static cache (it keeps the largest length asked
+            # for, to spare static-shape recompiles). The decode step is compiled with
+            # dynamic shapes here, so each call gets its own rounded length instead: one long
+            # request does not make every later step attend over its cache.
+            lm.model._previous_max_cache_length = size
+            gen_kwargs = dict(gen_kwargs, max_cache_len=size)
+        return super().generate(lm, prepared, gen_kwargs)
 
     def render_prompt(self, tokenizer, req: GenerationRequest) -> tuple[str, bool]:
         """The prompt string and whether the tokenizer should add its special tokens."""
