@@ -7,6 +7,8 @@ Locking rules:
   filled by that thread and read by the request's thread through a queue.
 - A row's response completes as soon as that row finishes (its max tokens, EOS, a stop
   string, a stopping criterion or its cancel event), while the batch runs on for the rest.
+- `holders` (the model's active leases, from the manager) is read without its lock: a
+  stale count only makes a lone request wait the gap, or a latecomer miss one batch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import torch
 from transformers import StoppingCriteriaList
@@ -158,14 +161,28 @@ class RowTracker:
 class Batcher:
     """Collects submissions to one model for a short window and runs them as padded batches."""
 
-    def __init__(self, lm, max_size: int, max_wait: float, max_gap: float | None = None):
-        """A batch closes `max_wait` s after its first request, or `max_gap` s after its last."""
+    def __init__(
+        self,
+        lm,
+        max_size: int,
+        max_wait: float,
+        max_gap: float | None = None,
+        holders: Callable[[], int] | None = None,
+    ):
+        """A batch closes `max_wait` s after its first request, or `max_gap` s after its last.
+
+        `holders` counts the requests that hold the model now (submitted here or on their
+        way: parsing, tokenizing). With it, a lone request starts at once instead of waiting
+        the gap for company that is not coming (see `_alone`).
+        """
         if max_size < 1 or max_wait < 0 or (max_gap is not None and max_gap < 0):
             raise ValueError("batch_max_size must be >= 1, batch_max_wait/gap_ms >= 0")
         self.lm = lm
         self.max_size = max_size
         self.max_wait = max_wait
         self.max_gap = max_wait if max_gap is None else min(max_gap, max_wait)
+        self.holders = holders
+        self._last_size = 1  # rows in the latest batch
         self.batches: deque[int] = deque(maxlen=1000)  # sizes of recent generate calls
         self.closed = False
         self._pending: deque[BatchHandle] = deque()
@@ -227,6 +244,8 @@ class Batcher:
                 return None
             closes = self._pending[0].submitted_at + self.max_wait
             while len(self._pending) < self.max_size and not self.closed:
+                if self._alone():
+                    break
                 deadline = min(closes, self._pending[-1].submitted_at + self.max_gap)
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -237,6 +256,18 @@ class Batcher:
             group, rest = self._split(list(self._pending))
             self._pending = deque(rest)  # the others lead the next batch, in arrival order
         return group
+
+    def _alone(self) -> bool:
+        """Whether the one pending request may start without waiting the gap.
+
+        Only when the model serves one request at a time (its latest batch had one row) and
+        no other request holds it (none is being parsed or tokenized on its way here). A
+        request that has not reached the server yet is not counted: under concurrent load
+        batches have several rows, and the gap applies as before.
+        """
+        if self.holders is None or len(self._pending) != 1 or self._last_size != 1:
+            return False
+        return self.holders() <= 1
 
     def _split(self, pending: list[BatchHandle]):
         """The oldest submission's group (same sampling key, fits the context) and the rest."""
@@ -277,6 +308,7 @@ class Batcher:
             pad_token_id=self._pad_id,
         )
         self.batches.append(len(group))
+        self._last_size = len(group)
         log.debug("batch of %d on %s, width %d", len(group), lm.spec.name, width)
         try:
             if group[0].seed is not None:
@@ -327,7 +359,9 @@ class BatchedRun:
         return self.handle.completion_ids if self.handle else []
 
 
-def batcher_for(lm, settings, lock: threading.Lock) -> Batcher | None:
+def batcher_for(
+    lm, settings, lock: threading.Lock, holders: Callable[[], int] | None = None
+) -> Batcher | None:
     """The model's batcher, made on first use; None where its family does not batch.
 
     A compiled model always gets one, even with batching off (a batch of one): its
@@ -342,5 +376,5 @@ def batcher_for(lm, settings, lock: threading.Lock) -> Batcher | None:
         if getattr(lm, "batcher", None) is None:
             wait = settings.batch_max_wait_ms / 1000.0
             gap = settings.batch_max_gap_ms / 1000.0
-            lm.batcher = Batcher(lm, max(1, settings.batch_max_size), wait, gap)
+            lm.batcher = Batcher(lm, max(1, settings.batch_max_size), wait, gap, holders)
         return lm.batcher

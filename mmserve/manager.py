@@ -205,6 +205,11 @@ class ModelManager:
         with self._lock:
             return sum(s.loaded.bytes for s in self._slots.values() if s.loaded is not None)
 
+    def holders(self, name: str) -> int:
+        """Requests holding a turn on the model now (read without the lock: a hint)."""
+        slot = self._slots.get(name)
+        return slot.active if slot is not None else 0
+
     def status_of(self, name: str) -> dict:
         slot = self._slots[name]
         with self._lock:

@@ -125,7 +125,7 @@ class InferenceService:
                     prepared, kwargs = self._prepare(lm, req)
                     batcher = None
                     if method is None:  # a CPU fallback copy is this request's alone
-                        batcher = batcher_for(lm, self.settings, self._batch_lock)
+                        batcher = self._batcher(lm)
                     if batcher is not None:
                         cancel = threading.Event()
                         ids = batcher.submit(prepared, kwargs, cancel, req.params.seed).result()
@@ -219,9 +219,15 @@ class InferenceService:
             self._stream_iter(lease, lm, req, prepared, kwargs, run, started, criteria), lease
         )
 
+    def _batcher(self, lm):
+        """The model's batcher (None where it does not batch); it asks the manager how many
+        requests hold the model, so that a lone request need not wait for company."""
+        name = lm.spec.name
+        return batcher_for(lm, self.settings, self._batch_lock, lambda: self.manager.holders(name))
+
     def _stream_run(self, lm, req, prepared, kwargs, cancel):
         """A StreamRun, or its batched twin when the model has a batcher."""
-        batcher = batcher_for(lm, self.settings, self._batch_lock)
+        batcher = self._batcher(lm)
         if batcher is not None:
             return BatchedRun(batcher, prepared, kwargs, cancel, req.params.seed)
         return StreamRun(lm, prepared, kwargs, cancel)

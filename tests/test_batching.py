@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from mmserve.batching import Batcher, batcher_for
+from mmserve.batching import Batcher
 from mmserve.generation import sampling_kwargs
 from mmserve.types import GenerationRequest, Message, Part, SamplingParams
 from tests.conftest import tiny_entry
@@ -62,9 +62,10 @@ def together(app, bodies: list[dict]) -> tuple[list[dict], list[float]]:
     """
     rt = app.extensions["mmserve"]
     lm = rt.manager._slots[MODEL].loaded
-    batcher = batcher_for(lm, rt.service.settings, rt.service._batch_lock)
-    saved = (batcher.max_size, batcher.max_wait, batcher.max_gap)
+    batcher = rt.service._batcher(lm)  # made as a request would make it
+    saved = (batcher.max_size, batcher.max_wait, batcher.max_gap, batcher.holders)
     batcher.max_size, batcher.max_wait, batcher.max_gap = len(bodies), 30.0, 30.0
+    batcher.holders = None  # no lone-request start while the threads are on their way
     results: list = [None] * len(bodies)
     done_at = [0.0] * len(bodies)
     gate = threading.Barrier(len(bodies))
@@ -82,7 +83,7 @@ def together(app, bodies: list[dict]) -> tuple[list[dict], list[float]]:
         assert time.monotonic() < give_up, "the requests never reached the batcher"
         time.sleep(0.002)
     with batcher._cond:
-        batcher.max_size, batcher.max_wait, batcher.max_gap = saved
+        batcher.max_size, batcher.max_wait, batcher.max_gap, batcher.holders = saved
         batcher._cond.notify_all()
     for t in threads:
         t.join(60)
@@ -181,11 +182,52 @@ def test_sampling_incompatible_requests_are_grouped_apart(apps):
 
 def test_a_batch_closes_after_a_gap_without_requests(make_app):
     app = make_app([tiny_entry(MODEL)], batch_max_wait_ms=5000, batch_max_gap_ms=20)
-    app.extensions["mmserve"].manager.load(MODEL)
-    t0 = time.monotonic()
-    post(app, {"prompt": PROMPTS[0], "max_new_tokens": 2})  # alone: waits the gap, not 5 s
-    assert time.monotonic() - t0 < 2.0
+    manager = app.extensions["mmserve"].manager
+    manager.load(MODEL)
+    other = manager.acquire(MODEL)  # holds the model: the batch waits for it, up to the gap
+    try:
+        t0 = time.monotonic()
+        post(app, {"prompt": PROMPTS[0], "max_new_tokens": 2})  # waits the gap, not 5 s
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        other.release()
     assert list(batcher_of(app).batches) == [1]
+
+
+def test_a_lone_request_starts_at_once_but_waits_for_one_on_its_way(make_app):
+    app = make_app([tiny_entry(MODEL)], batch_max_wait_ms=6000, batch_max_gap_ms=3000)
+    manager = app.extensions["mmserve"].manager
+    manager.load(MODEL)
+    body = {"prompt": PROMPTS[0], "max_new_tokens": 2}
+    for stream in (False, True, False):
+        t0 = time.monotonic()
+        post(app, dict(body, stream=stream))  # alone: nothing else holds the model
+        assert time.monotonic() - t0 < 2.0  # not the 3 s gap
+    assert list(batcher_of(app).batches) == [1, 1, 1]
+    # Another request holding the model (as while it is parsed and tokenized) keeps the
+    # batch open for it, up to the gap.
+    other = manager.acquire(MODEL)
+    try:
+        t0 = time.monotonic()
+        post(app, body)
+        assert time.monotonic() - t0 >= 3.0
+    finally:
+        other.release()
+    assert list(batcher_of(app).batches) == [1, 1, 1, 1]
+
+
+def test_after_a_batch_of_several_a_request_waits_the_gap_for_company(apps):
+    _, batched = apps
+    together(batched, [{"prompt": p, "max_new_tokens": 3} for p in PROMPTS[:2]])
+    batcher = batcher_of(batched)
+    batcher.max_wait = batcher.max_gap = 1.0
+    t0 = time.monotonic()
+    post(batched, {"prompt": PROMPTS[0], "max_new_tokens": 2})
+    assert time.monotonic() - t0 >= 1.0  # concurrent clients: one more may be on its way
+    t0 = time.monotonic()
+    post(batched, {"prompt": PROMPTS[0], "max_new_tokens": 2})
+    assert time.monotonic() - t0 < 1.0  # one at a time again: no wait
+    assert list(batcher.batches) == [2, 1, 1]
 
 
 def make_request(text: str, max_new: int) -> GenerationRequest:
