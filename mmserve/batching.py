@@ -183,6 +183,7 @@ class Batcher:
         self.max_gap = max_wait if max_gap is None else min(max_gap, max_wait)
         self.holders = holders
         self._last_size = 1  # rows in the latest batch
+        self._free_since = 0.0  # monotonic time the latest batch ended
         self.batches: deque[int] = deque(maxlen=1000)  # sizes of recent generate calls
         self.closed = False
         self._pending: deque[BatchHandle] = deque()
@@ -228,6 +229,8 @@ class Batcher:
             except BaseException as exc:  # noqa: BLE001 - never leave a request waiting
                 for h in group:
                     h._finish(None, exc)  # a no-op for rows that had finished
+            finally:
+                self._free_since = time.monotonic()
 
     def _next_group(self) -> list[BatchHandle] | None:
         """Wait for a first submission, then for more; pick one compatible group.
@@ -235,18 +238,24 @@ class Batcher:
         The batch closes when it is full, `max_wait` after its first request, or `max_gap`
         after its latest one. The requests of a burst reach the model a few ms apart (each
         is parsed and tokenized under the GIL), 10-25 ms for 8 on 2 cores: the gap keeps
-        them together while a lone request waits only the gap.
+        them together. A lone request starts at once (`_alone`).
+
+        Requests that queued while the previous batch ran count from the end of that run,
+        not from their arrival: the clients whose rows ended last send their next requests
+        a few ms later, and waiting the gap for them keeps a closed loop of clients in full
+        batches instead of settling into a short batch and a long one taking turns.
         """
         with self._cond:
             while not self._pending and not self.closed:
                 self._cond.wait()
             if self.closed:
                 return None
-            closes = self._pending[0].submitted_at + self.max_wait
+            closes = max(self._pending[0].submitted_at, self._free_since) + self.max_wait
             while len(self._pending) < self.max_size and not self.closed:
                 if self._alone():
                     break
-                deadline = min(closes, self._pending[-1].submitted_at + self.max_gap)
+                latest = max(self._pending[-1].submitted_at, self._free_since)
+                deadline = min(closes, latest + self.max_gap)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -260,13 +269,15 @@ class Batcher:
     def _alone(self) -> bool:
         """Whether the one pending request may start without waiting the gap.
 
-        Only when the model serves one request at a time (its latest batch had one row) and
-        no other request holds it (none is being parsed or tokenized on its way here). A
+        Only when the model serves one request at a time (its latest batch had one row and
+        ended before this request came) and no other request holds it (none is being parsed or tokenized on its way here). A
         request that has not reached the server yet is not counted: under concurrent load
         batches have several rows, and the gap applies as before.
         """
         if self.holders is None or len(self._pending) != 1 or self._last_size != 1:
             return False
+        if self._pending[0].submitted_at < self._free_since:
+            return False  # it queued behind a running batch: others are active
         return self.holders() <= 1
 
     def _split(self, pending: list[BatchHandle]):

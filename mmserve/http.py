@@ -64,9 +64,17 @@ def install(app: Flask, runtime) -> None:
         g.t0 = time.monotonic()
         g.model = None
         g.tokens = None
+        if request.method == "POST":  # a request that may be on its way to a model
+            runtime.service.post_started()
+            g.counted = True
         if runtime.draining and request.path != "/health":
             raise Unavailable("server is shutting down", code="shutting_down")
         _check_keys(settings)
+
+    @app.teardown_request
+    def _uncount(exc):
+        if g.pop("counted", False):
+            runtime.service.post_ended()
 
     @app.after_request
     def _finish(response):

@@ -33,6 +33,16 @@ class InferenceService:
         self.settings = settings
         self.hooks = hooks
         self._batch_lock = threading.Lock()  # makes each model's batcher once
+        self._posts = 0  # HTTP POSTs being handled now (mmserve.http counts them)
+        self._posts_lock = threading.Lock()
+
+    def post_started(self) -> None:
+        with self._posts_lock:
+            self._posts += 1
+
+    def post_ended(self) -> None:
+        with self._posts_lock:
+            self._posts -= 1
 
     # --- checks done before any model is touched ---------------------------
     def check(self, req: GenerationRequest):
@@ -220,10 +230,18 @@ class InferenceService:
         )
 
     def _batcher(self, lm):
-        """The model's batcher (None where it does not batch); it asks the manager how many
-        requests hold the model, so that a lone request need not wait for company."""
+        """The model's batcher (None where it does not batch).
+
+        It asks how many requests may be on their way to the model, so that a lone request
+        need not wait for company: those holding the model, or every POST the server is
+        handling (one being parsed has no model yet), whichever is more.
+        """
         name = lm.spec.name
-        return batcher_for(lm, self.settings, self._batch_lock, lambda: self.manager.holders(name))
+
+        def holders() -> int:
+            return max(self.manager.holders(name), self._posts)
+
+        return batcher_for(lm, self.settings, self._batch_lock, holders)
 
     def _stream_run(self, lm, req, prepared, kwargs, cancel):
         """A StreamRun, or its batched twin when the model has a batcher."""

@@ -79,7 +79,8 @@ def together(app, bodies: list[dict]) -> tuple[list[dict], list[float]]:
     for t in threads:
         t.start()
     give_up = time.monotonic() + 30
-    while not batcher.batches and len(batcher._pending) < len(bodies):
+    before = len(batcher.batches)
+    while len(batcher.batches) == before and len(batcher._pending) < len(bodies):
         assert time.monotonic() < give_up, "the requests never reached the batcher"
         time.sleep(0.002)
     with batcher._cond:
@@ -213,7 +214,24 @@ def test_a_lone_request_starts_at_once_but_waits_for_one_on_its_way(make_app):
         assert time.monotonic() - t0 >= 3.0
     finally:
         other.release()
-    assert list(batcher_of(app).batches) == [1, 1, 1, 1]
+    # So does a POST the server is still parsing (it holds no model yet).
+    service = app.extensions["mmserve"].service
+    service.post_started()
+    try:
+        t0 = time.monotonic()
+        post(app, body)
+        assert time.monotonic() - t0 >= 3.0
+    finally:
+        service.post_ended()
+    assert list(batcher_of(app).batches) == [1, 1, 1, 1, 1]
+    # Every POST is uncounted when it ends: streamed, refused or failed alike.
+    client = app.test_client()
+    assert client.post(f"/generate/{MODEL}", json={"prompt": 5}).status_code == 400
+    assert client.post("/generate/nope", json={"prompt": "x"}).status_code == 404
+    assert client.post(f"/generate/{MODEL}", data="{").status_code == 400
+    post(app, dict(body, stream=True))
+    assert service._posts == 0
+    assert list(batcher_of(app).batches)[-1] == 1
 
 
 def test_after_a_batch_of_several_a_request_waits_the_gap_for_company(apps):
@@ -228,6 +246,29 @@ def test_after_a_batch_of_several_a_request_waits_the_gap_for_company(apps):
     post(batched, {"prompt": PROMPTS[0], "max_new_tokens": 2})
     assert time.monotonic() - t0 < 1.0  # one at a time again: no wait
     assert list(batcher.batches) == [2, 1, 1]
+
+
+def test_requests_queued_behind_a_batch_wait_for_the_clients_it_releases(make_app):
+    """A closed loop: A runs, B queues behind it, A's client sends C as soon as A returns.
+    B waits for C (the gap counts from the end of A's run), so they run as one batch."""
+    app = make_app([tiny_entry(MODEL)], batch_max_wait_ms=3000, batch_max_gap_ms=500)
+    app.extensions["mmserve"].manager.load(MODEL)
+    got = {}
+
+    def client_a():
+        got["a"] = post(app, {"prompt": PROMPTS[0], "max_new_tokens": 400})
+        got["c"] = post(app, {"prompt": PROMPTS[2], "max_new_tokens": 4})
+
+    a = threading.Thread(target=client_a)
+    a.start()
+    give_up = time.monotonic() + 30
+    while not (batcher_of(app) and batcher_of(app).batches):  # A is running
+        assert time.monotonic() < give_up
+        time.sleep(0.002)
+    got["b"] = post(app, {"prompt": PROMPTS[1], "max_new_tokens": 4})
+    a.join(60)
+    assert got["a"]["usage"]["completion_tokens"] > 100  # B really queued behind A
+    assert list(batcher_of(app).batches) == [1, 2]
 
 
 def make_request(text: str, max_new: int) -> GenerationRequest:
