@@ -16,7 +16,7 @@ from bench.load import pct
 # Requests per measurement: bounded so that a full run stays well under 10 minutes.
 COUNTS = {
     "full": dict(rounds=5, lat=3, ttft=2, tput_single=4, tput_server_each=3, tput_peer_each=2,
-                 loads=6),
+                 loads=12),
     "quick": dict(rounds=2, lat=2, ttft=2, tput_single=2, tput_server_each=1, tput_peer_each=1,
                   loads=2),
 }  # fmt: skip
@@ -73,6 +73,12 @@ def rows(r: dict) -> list[tuple[str, str, float | None, str, bool | None]]:
     out.append(
         ("e", "swap (evict + load other) / raw from_pretrained", swap, "<= 1.1", swap <= 1.1)
     )
+    if "compile_tput" in r:
+        c = r["compile_tput"]
+        for k in (1, 8):
+            f = med(c[f"compiled_{k}"]) / med(c[f"eager_{k}"])
+            out.append(("f", f"static cache + torch.compile / eager, tokens/s at {k} "
+                        f"client{'s' if k > 1 else ''} (CPU)", f, "(info)", None))  # fmt: skip
     return out
 
 
@@ -95,11 +101,12 @@ def raw_numbers(r: dict) -> list[str]:
         f"- mmserve {r['api']} route, 16 tokens: {_ms(r['server_lat'])}",
         f"- in-process prefill + one decode step: {_ms(r['inproc_ttft'])}",
         f"- mmserve streamed first token: {_ms(r['server_ttft'])}",
-        f"- raw from_pretrained (tokenizer + model): median {med(r['raw_load']):.2f} s "
-        f"(n={len(r['raw_load'])})",
-        f"- mmserve cold load (POST /admin/load): median {med(r['server_load']):.2f} s",
+        f"- raw from_pretrained (tokenizer + model): median {med(r['raw_load']):.3f} s "
+        f"(n={len(r['raw_load'])}; {_runs(r['raw_load'])})",
+        f"- mmserve cold load (POST /admin/load): median {med(r['server_load']):.3f} s "
+        f"({_runs(r['server_load'])})",
         f"- mmserve swap (load the other entry, evicting the first): median "
-        f"{med(r['server_swap']):.2f} s",
+        f"{med(r['server_swap']):.3f} s ({_runs(r['server_swap'])})",
     ]
     for label, name in (("server", "mmserve"), ("peer", "transformers serve"),
                         ("peer_cb", "transformers serve --continuous-batching")):  # fmt: skip
@@ -109,6 +116,14 @@ def raw_numbers(r: dict) -> list[str]:
                            f"tokens, {x['requests']} requests, {x['seconds']:.1f} s)")  # fmt: skip
         if f"{label}_lat" in r and label != "server":
             out.append(f"- {name} single request, 16 tokens: {_ms(r[f'{label}_lat'])}")
+    if "compile_tput" in r:
+        c = r["compile_tput"]
+        out.append(f"- mmserve with MMSERVE_TEXT_COMPILE=all: load with compile warm-up "
+                   f"{r['compile_load']:.1f} s")  # fmt: skip
+        for key in ("eager_1", "compiled_1", "eager_8", "compiled_8"):
+            runs = ", ".join(f"{x:.1f}" for x in c[key])
+            out.append(f"- (f) {key.replace('_', ', ')} client(s): median "
+                       f"{med(c[key]):.1f} tok/s (runs: {runs})")  # fmt: skip
     return out
 
 
@@ -117,18 +132,33 @@ def gpu_section(r: dict) -> list[str]:
     if not g:
         return [NO_GPU]
     out = [f"Device: {g['device']}; measured copy bandwidth {g['copy_bandwidth_gb_s']:.0f} GB/s.", "",
-           "| variant | weights GB | decode tok/s | HBM bound tok/s | of bound | x at 8 | x at 32 "
-           "| CUDA GB before load | after unload |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+           "| variant | weights GB | load s | decode tok/s | HBM bound tok/s | of bound | x at 8 "
+           "| x at 32 | CUDA GB before load | after unload |",
+           "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for v in g["variants"]:
-        out.append(f"| {v['name']} | {v['weights_gb']:.2f} | {v['decode_tok_s']:.1f} | "
+        out.append(f"| {v['name']} | {v['weights_gb']:.2f} | {v['load_s']:.1f} | "
+                   f"{v['decode_tok_s']:.1f} | "
                    f"{v['hbm_bound_tok_s']:.1f} | {v['fraction_of_bound']:.0%} | {v['gain_8']:.1f} | "
                    f"{v['gain_32']:.1f} | {v['cuda_baseline_gb']:.3f} | "
                    f"{v['cuda_after_unload_gb']:.3f} |")  # fmt: skip
+    by = {v["name"]: v for v in g["variants"]}
+    if "gpu_bf16_compiled" in by:
+        x = by["gpu_bf16_compiled"]["decode_tok_s"] / by["gpu_bf16"]["decode_tok_s"]
+        out += [
+            "",
+            f"Static cache + torch.compile over eager, bf16 single-stream decode: {x:.2f}x "
+            f"(load with compile warm-up {by['gpu_bf16_compiled']['load_s']:.0f} s).",
+        ]
     return out
 
 
 def _avg(values) -> str:
     return "/".join(f"{v:.2f}" for v in values)
+
+
+def _runs(values: list[float]) -> str:
+    """The fastest and slowest of a series of seconds."""
+    return f"min {min(values):.3f}, max {max(values):.3f}"
 
 
 def notes(r: dict) -> list[str]:
@@ -147,7 +177,8 @@ def notes(r: dict) -> list[str]:
         f"- mmserve ran with its defaults: batch_max_size {s.batch_max_size}, "
         f"batch_max_wait_ms {s.batch_max_wait_ms:g}, batch_max_gap_ms {s.batch_max_gap_ms:g} "
         "(a batch closes when full, max-wait after its first request or gap after its "
-        "latest one).",
+        "latest one; a lone request, with nothing else holding the model after a batch of "
+        "one, starts at once).",
         "- transformers serve: `transformers serve DIR --device cpu --dtype float32` from "
         "bench/.work/venv, which holds only the `transformers[serving]` extras and shares "
         "torch/transformers with .venv through a .pth file. By default it runs generate() "
@@ -163,6 +194,15 @@ def notes(r: dict) -> list[str]:
         "and freezes the load's objects so that evictions stay cheap (an unload frees the "
         "weights by reference counting and runs no full collection)."
     )
+    if "compile_tput" in r:
+        out.append(
+            "- (f) a second mmserve with `MMSERVE_TEXT_COMPILE=all`, mode `default` (inductor, "
+            f"no CUDA graphs on the CPU), static cache of at least {s.text_cache_len} tokens; "
+            "its load includes the compile warm-up. Both servers get the same closed-loop load "
+            "as (b), alternating round by round. The setting is meant for GPUs (CUDA graphs "
+            "remove the per-step launch overhead); on the CPU each decode step still attends "
+            "over the whole static cache, where the eager cache holds only the tokens so far."
+        )
     return out
 
 

@@ -3,8 +3,9 @@
 One run measures, on this machine: (a) server overhead over in-process generate, (b)
 throughput at 1/4/8 clients, (c) the same load against `transformers serve`, (d) streaming
 time to first token over prefill plus one decode step, (e) cold load and model swap over
-raw from_pretrained, and a GPU section when CUDA is available. It prints the ratios and
-writes bench/RESULTS.md. Servers run as real processes on free loopback ports.
+raw from_pretrained, (f) static cache + torch.compile over eager, and a GPU section when
+CUDA is available. It prints the ratios and writes bench/RESULTS.md. Servers run as real
+processes on free loopback ports.
 """
 
 from __future__ import annotations
@@ -160,12 +161,37 @@ def measure(r: dict, n: dict, args, model_dir: Path, bench_models: Path, config:
                  "server_swap": swap}  # fmt: skip
         r.update(interleaved(n["loads"], 1, loads))
         r["evictions"] = report.evictions(ours.url)
+        if not args.no_compile:
+            measure_compiled(r, n, api, bench_models, config, count, started)
     finally:
         for server in reversed(started):
             server.stop()
         base.close()
     if args.peer_cb and not args.no_peer:
         measure_peer_cb(r, n, model_dir, count)
+
+
+def measure_compiled(r, n, api, bench_models, config, count, started) -> None:
+    """(f) the same server with a static cache + torch.compile (MMSERVE_TEXT_COMPILE=all,
+    mode default: no CUDA graphs on the CPU) against the eager one, interleaved."""
+    log("(f) starting mmserve with MMSERVE_TEXT_COMPILE=all")
+    env = {"MMSERVE_TEXT_COMPILE": "all", "MMSERVE_TEXT_COMPILE_MODE": "default"}
+    comp = servers.start_mmserve(bench_models, config, ram_budget_gb=0.9, extra_env=env)
+    started.append(comp)
+    log("(f) loading smollm2 compiled (the warm-up compiles batch 1 and 2)")
+    r["compile_load"] = admin(comp.port, "/admin/load/smollm2")
+    capi = load.Api(comp.port, api.kind, "smollm2")
+
+    def tput(target, clients):
+        per = n["tput_single"] if clients == 1 else n["tput_server_each"]
+        return lambda k: [load.throughput(target, PROMPTS, clients, per, 32, count)["tok_s"]
+                          for _ in range(k)]  # fmt: skip
+
+    log(f"(f) eager vs compiled throughput at 1 and 8 clients: {n['rounds']} rounds")
+    r["compile_tput"] = interleaved(n["rounds"], 1, {
+        "eager_1": tput(api, 1), "compiled_1": tput(capi, 1),
+        "eager_8": tput(api, 8), "compiled_8": tput(capi, 8),
+    })  # fmt: skip
 
 
 def measure_peer_cb(r: dict, n: dict, model_dir: Path, count) -> None:
@@ -189,6 +215,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-peer", action="store_true", help="skip transformers serve (c)")
     p.add_argument("--peer-cb", action="store_true",
                    help="also measure transformers serve --continuous-batching")  # fmt: skip
+    p.add_argument("--no-compile", action="store_true",
+                   help="skip (f), the static cache + torch.compile server")  # fmt: skip
     p.add_argument("--gpu-dry-run", action="store_true", help="run the GPU code path on the CPU")
     p.add_argument("--wait-quiet", type=float, default=180.0, metavar="SECONDS",
                    help="wait up to this long for other work on the machine to stop")  # fmt: skip

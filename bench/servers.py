@@ -68,8 +68,10 @@ def base_env() -> dict:
     return env
 
 
-def start_mmserve(models_dir: Path, models_config: Path, ram_budget_gb: float) -> Process:
-    """main.py (gunicorn, one worker, 8 threads) on a free loopback port."""
+def start_mmserve(
+    models_dir: Path, models_config: Path, ram_budget_gb: float, extra_env: dict | None = None
+) -> Process:
+    """main.py (gunicorn, one worker, 16 threads) on a free loopback port."""
     port = free_port()
     env = base_env()
     env.update(
@@ -79,6 +81,7 @@ def start_mmserve(models_dir: Path, models_config: Path, ram_budget_gb: float) -
         MMSERVE_LOG_LEVEL="WARNING",
         MMSERVE_DEVICE="cpu",  # the CPU comparison, also on a machine with a GPU
     )
+    env.update(extra_env or {})
     cmd = [sys.executable, str(ROOT / "main.py"), "--port", str(port), "--threads", "16",
            "--models-dir", str(models_dir), "--models-config", str(models_config)]  # fmt: skip
     server = Process("mmserve", cmd, env, port, "/health")
