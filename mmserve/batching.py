@@ -7,8 +7,8 @@ Locking rules:
   filled by that thread and read by the request's thread through a queue.
 - A row's response completes as soon as that row finishes (its max tokens, EOS, a stop
   string, a stopping criterion or its cancel event), while the batch runs on for the rest.
-- `holders` (the model's active leases, from the manager) is read without its lock: a
-  stale count only makes a lone request wait the gap, or a latecomer miss one batch.
+- `holders` (the model's leases or the server's POSTs in progress) is read without a
+  lock: a stale count only makes a lone request wait the gap, or a latecomer miss a batch.
 """
 
 from __future__ import annotations
@@ -270,9 +270,9 @@ class Batcher:
         """Whether the one pending request may start without waiting the gap.
 
         Only when the model serves one request at a time (its latest batch had one row and
-        ended before this request came) and no other request holds it (none is being parsed or tokenized on its way here). A
-        request that has not reached the server yet is not counted: under concurrent load
-        batches have several rows, and the gap applies as before.
+        ended before this request came) and no other request holds it or is on its way
+        (being parsed or tokenized). A request that has not reached the server yet is not
+        counted: under concurrent load batches have several rows, and the gap applies.
         """
         if self.holders is None or len(self._pending) != 1 or self._last_size != 1:
             return False
