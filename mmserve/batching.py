@@ -26,7 +26,7 @@ from transformers import StoppingCriteriaList
 from .errors import Unavailable
 from .families.base import Prepared
 from .families.text import is_compiled
-from .generation import eos_ids
+from .generation import eos_ids, left_pad
 
 log = logging.getLogger("mmserve.batching")
 
@@ -304,13 +304,8 @@ class Batcher:
         if not group:
             return
         lm = self.lm
-        width = max(h.ids.shape[0] for h in group)
-        device = group[0].ids.device
-        input_ids = torch.full((len(group), width), self._pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(group), width), dtype=torch.long, device=device)
-        for i, h in enumerate(group):
-            input_ids[i, width - h.ids.shape[0] :] = h.ids
-            mask[i, width - h.ids.shape[0] :] = 1
+        input_ids, mask = left_pad([h.ids for h in group], self._pad_id, group[0].ids.device)
+        width = input_ids.shape[1]
         tracker = RowTracker(group, width, lm.tokenizer, self._eos)
         kwargs = dict(group[0].shared)
         kwargs.update(

@@ -82,6 +82,17 @@ def sampling_kwargs(defaults: dict, params: SamplingParams, limit: int) -> dict:
     return kwargs
 
 
+def left_pad(rows: list[torch.Tensor], pad_id: int, device=None):
+    """Token rows as one left-padded batch: (input_ids, attention_mask)."""
+    width = max(r.shape[0] for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        input_ids[i, width - r.shape[0] :] = r
+        mask[i, width - r.shape[0] :] = 1
+    return input_ids, mask
+
+
 def eos_ids(lm) -> set[int]:
     ids = lm.model.generation_config.eos_token_id
     if ids is None:

@@ -92,6 +92,13 @@ def together(app, bodies: list[dict]) -> tuple[list[dict], list[float]]:
     return results, done_at
 
 
+def timed_post(app, body: dict) -> float:
+    """Seconds a `post` took."""
+    t0 = time.monotonic()
+    post(app, body)
+    return time.monotonic() - t0
+
+
 def same(a: dict, b: dict) -> None:
     assert a["response"] == b["response"]
     assert a["finish_reason"] == b["finish_reason"]
@@ -187,9 +194,8 @@ def test_a_batch_closes_after_a_gap_without_requests(make_app):
     manager.load(MODEL)
     other = manager.acquire(MODEL)  # holds the model: the batch waits for it, up to the gap
     try:
-        t0 = time.monotonic()
-        post(app, {"prompt": PROMPTS[0], "max_new_tokens": 2})  # waits the gap, not 5 s
-        assert time.monotonic() - t0 < 2.0
+        body = {"prompt": PROMPTS[0], "max_new_tokens": 2}
+        assert timed_post(app, body) < 2.0  # waits the gap, not 5 s
     finally:
         other.release()
     assert list(batcher_of(app).batches) == [1]
@@ -200,27 +206,21 @@ def test_a_lone_request_starts_at_once_but_waits_for_one_on_its_way(make_app):
     manager = app.extensions["mmserve"].manager
     manager.load(MODEL)
     body = {"prompt": PROMPTS[0], "max_new_tokens": 2}
-    for stream in (False, True, False):
-        t0 = time.monotonic()
-        post(app, dict(body, stream=stream))  # alone: nothing else holds the model
-        assert time.monotonic() - t0 < 2.0  # not the 3 s gap
+    for stream in (False, True, False):  # alone: nothing else holds the model
+        assert timed_post(app, dict(body, stream=stream)) < 2.0  # not the 3 s gap
     assert list(batcher_of(app).batches) == [1, 1, 1]
     # Another request holding the model (as while it is parsed and tokenized) keeps the
     # batch open for it, up to the gap.
     other = manager.acquire(MODEL)
     try:
-        t0 = time.monotonic()
-        post(app, body)
-        assert time.monotonic() - t0 >= 3.0
+        assert timed_post(app, body) >= 3.0
     finally:
         other.release()
     # So does a POST the server is still parsing (it holds no model yet).
     service = app.extensions["mmserve"].service
     service.post_started()
     try:
-        t0 = time.monotonic()
-        post(app, body)
-        assert time.monotonic() - t0 >= 3.0
+        assert timed_post(app, body) >= 3.0
     finally:
         service.post_ended()
     assert list(batcher_of(app).batches) == [1, 1, 1, 1, 1]
@@ -239,12 +239,9 @@ def test_after_a_batch_of_several_a_request_waits_the_gap_for_company(apps):
     together(batched, [{"prompt": p, "max_new_tokens": 3} for p in PROMPTS[:2]])
     batcher = batcher_of(batched)
     batcher.max_wait = batcher.max_gap = 1.0
-    t0 = time.monotonic()
-    post(batched, {"prompt": PROMPTS[0], "max_new_tokens": 2})
-    assert time.monotonic() - t0 >= 1.0  # concurrent clients: one more may be on its way
-    t0 = time.monotonic()
-    post(batched, {"prompt": PROMPTS[0], "max_new_tokens": 2})
-    assert time.monotonic() - t0 < 1.0  # one at a time again: no wait
+    body = {"prompt": PROMPTS[0], "max_new_tokens": 2}
+    assert timed_post(batched, body) >= 1.0  # concurrent clients: one more may be on its way
+    assert timed_post(batched, body) < 1.0  # one at a time again: no wait
     assert list(batcher.batches) == [2, 1, 1]
 
 

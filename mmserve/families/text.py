@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-import torch
 from transformers import CompileConfig
 
 from ..errors import BadRequest
+from ..generation import left_pad
 from ..types import GenerationRequest
 from .base import FamilyHandler, Prepared
 
@@ -71,14 +71,9 @@ class TextHandler(FamilyHandler):
         rows = [tok(t, return_tensors="pt")["input_ids"][0] for t in ("Hi", "Hello, how are you?")]
         kwargs = {"max_new_tokens": 3, "min_new_tokens": 3, "do_sample": False, "pad_token_id": pad}
         for batch in (rows[:1], rows):
-            width = max(len(r) for r in batch)
-            ids = torch.full((len(batch), width), pad if pad is not None else 0, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(batch):
-                ids[i, width - len(r) :] = r
-                mask[i, width - len(r) :] = 1
+            ids, mask = left_pad(batch, pad if pad is not None else 0)
             inputs = self.to_device(lm, {"input_ids": ids, "attention_mask": mask})
-            self.generate(lm, Prepared(inputs, width), kwargs)
+            self.generate(lm, Prepared(inputs, ids.shape[1]), kwargs)
         log.info("%s: compiled the decode step (static cache, mode %s) in %.1f s",
                  lm.spec.name, lm.plan.compile_mode, time.monotonic() - t0)  # fmt: skip
 
