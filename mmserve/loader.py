@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import transformers
 
+from .limits import context_length
 from .models_config import ModelSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -37,6 +38,7 @@ class LoadedModel:
     handler: Any
     plan: DevicePlan
     bytes: int
+    context: int | None = None  # tokens it takes at once (mmserve.limits.context_length)
 
 
 def plan_for(spec: ModelSpec, device_setting: str = "auto", settings=None) -> DevicePlan:
@@ -116,6 +118,7 @@ def load_model(spec: ModelSpec, path: Path, plan: DevicePlan, handler) -> Loaded
         size = int(model.get_memory_footprint())
     except (AttributeError, RuntimeError):
         size = sum(p.numel() * p.element_size() for p in model.parameters())
-    lm = LoadedModel(spec, model, processor, tokenizer, handler, plan, size)
+    context = context_length(model, tokenizer, path)
+    lm = LoadedModel(spec, model, processor, tokenizer, handler, plan, size, context)
     handler.warm_up(lm)
     return lm

@@ -11,8 +11,10 @@ import torch
 from transformers import StoppingCriteriaList
 
 from .batching import BatchedRun, batcher_for
-from .errors import BadRequest, ContextLengthExceeded, ModelLoadFailed, OutOfMemory, is_oom
+from .errors import BadRequest, ModelLoadFailed, OutOfMemory, is_oom
+from .families.rules import check_media, prepare_inputs
 from .generation import CancelOnEvent, StopText, StreamRun, sampling_kwargs, trim_completion
+from .limits import check_prompt, prompt_param
 from .types import GenerationRequest, GenerationResult
 
 log = logging.getLogger("mmserve.service")
@@ -70,31 +72,21 @@ class InferenceService:
                 code="limit_exceeded",
             )
         handler.check_request(spec, req)
+        check_media(req, handler.media_rules(spec, spec.path(self.settings.models_dir)))
         return spec
 
     def _prepare(self, lm, req: GenerationRequest):
-        prepared = lm.handler.prepare(lm, req)
-        limit = self.settings.max_prompt_tokens
-        if prepared.prompt_tokens > limit:
-            raise BadRequest(
-                f"prompt has {prepared.prompt_tokens} tokens, over the limit max_prompt_tokens={limit}",
-                param="messages",
-                code="limit_exceeded",
-            )
+        prepared = prepare_inputs(lm, req)
         kwargs = sampling_kwargs(lm.spec.generation, req.params, self.settings.max_new_tokens_limit)
-        context = getattr(lm.model.config, "max_position_embeddings", None)
-        if context is None:
-            text_cfg = getattr(lm.model.config, "text_config", None)
-            context = getattr(text_cfg, "max_position_embeddings", None)
-        if context and prepared.prompt_tokens >= context:
-            raise ContextLengthExceeded(
-                f"prompt has {prepared.prompt_tokens} tokens; the model's context is {context}",
-                param="messages",
-            )
-        if context:
-            kwargs["max_new_tokens"] = min(
-                kwargs["max_new_tokens"], context - prepared.prompt_tokens
-            )
+        kwargs["max_new_tokens"] = check_prompt(
+            prepared.prompt_tokens,
+            req.params.max_new_tokens,
+            kwargs["max_new_tokens"],
+            lm.context,
+            self.settings.max_prompt_tokens,
+            prompt_param(req),
+            lm.handler.completion_in_context,
+        )
         if req.params.stop:
             kwargs["stop_strings"] = list(req.params.stop)
             kwargs["tokenizer"] = lm.tokenizer
@@ -311,8 +303,19 @@ class InferenceService:
                 log.info("stream for %s closed early after %d steps", req.model, criteria[0].steps)
             lease.release()
 
-    def embed(self, model: str, texts: list[str], keep_alive: float | None = None):
-        """Unit vectors for texts from an embedding-family model."""
+    def embed(
+        self,
+        model: str,
+        texts: list[str],
+        keep_alive: float | None = None,
+        truncate: bool = False,
+        fields: list[str] | None = None,
+    ):
+        """Unit vectors for texts from an embedding-family model (families.embedding.Embeddings).
+
+        A text over the model's limit is a 400 context_length_exceeded naming its field,
+        unless `truncate`.
+        """
         spec = self.manager.spec(model)
         from .families import get_handler
 
@@ -320,7 +323,7 @@ class InferenceService:
         if not hasattr(handler, "embed"):
             raise BadRequest(f"model '{model}' is not an embedding model", param="model")
         with self.manager.lease(model, keep_alive) as lease:
-            return lease.model.handler.embed(lease.model, texts)
+            return lease.model.handler.embed(lease.model, texts, truncate, fields)
 
 
 class Stream:

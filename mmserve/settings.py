@@ -44,6 +44,7 @@ class Settings:
     max_body_mb: float = 64.0
     max_new_tokens_limit: int = 4096
     max_prompt_tokens: int = 32768
+    max_stop: int = 16  # stop strings per request
     max_images: int = 8
     max_image_pixels: int = 16_000_000
     max_audio_seconds: float = 600.0
@@ -130,7 +131,7 @@ def _coerce(cls, key: str, value):
             return bool(value)
         if isinstance(default, int):
             number = int(value)
-            if key == "text_cache_len" and number < 1:
+            if key in ("text_cache_len", "max_stop") and number < 1:
                 raise ValueError(key)
             return number
         if isinstance(default, float):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from ..types import GenerationRequest
 from .base import FamilyHandler, Prepared
+from .rules import SAMPLE_RATE, MediaRules, whisper_seconds
 from .vision import qwen_media_entry, raw_media_check, raw_text_prepared
 
-# media.load_audio decodes every clip to float32 mono at this rate.
-SAMPLE_RATE = 16000
+# OpenAI's minimum ("minimum audio length is 0.1 seconds"). Qwen2-Audio's encoder fails below
+# 7 feature frames (0.07 s): fewer than two audio tokens.
+MIN_AUDIO_SECONDS = 0.1
 
 
 class AudioHandler(FamilyHandler):
@@ -20,6 +22,13 @@ class AudioHandler(FamilyHandler):
 
     def check_request(self, spec, req: GenerationRequest) -> None:
         raw_media_check(req)
+
+    def media_rules(self, spec, path) -> MediaRules:
+        """At least 0.1 s per clip; at most what the Whisper feature extractor takes (30 s for
+        Qwen2-Audio), which would cut a longer clip without a word."""
+        return MediaRules(
+            min_audio_seconds=MIN_AUDIO_SECONDS, max_audio_seconds=whisper_seconds(path)
+        )
 
     def prepare(self, lm, req: GenerationRequest) -> Prepared:
         if req.raw_prompt:

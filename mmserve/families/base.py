@@ -12,6 +12,7 @@ from ..errors import BadRequest
 from ..loader import DevicePlan, model_kwargs, resolve_class
 from ..models_config import ModelSpec
 from ..types import GenerationRequest
+from .rules import MediaRules
 
 
 @dataclass
@@ -37,6 +38,9 @@ class FamilyHandler:
     # True: on a second CUDA out-of-memory the service may run the request on a CPU copy
     # of the model (settings.allow_cpu_fallback; never for quantized entries).
     cpu_fallback = False
+    # False for encoder-decoder models (BLIP): the answer has its own positions, so only the
+    # prompt must fit the context (mmserve.limits.check_prompt).
+    completion_in_context = True
 
     def load(self, spec: ModelSpec, path: Path, plan: DevicePlan):
         """from_pretrained with the entry's (or the family's) classes."""
@@ -52,6 +56,11 @@ class FamilyHandler:
     # --- inputs -----------------------------------------------------------
     def check_request(self, spec: ModelSpec, req: GenerationRequest) -> None:
         """Family rules checked before the model is loaded; raise BadRequest to refuse."""
+
+    def media_rules(self, spec: ModelSpec, path: Path | None) -> MediaRules:
+        """What this family's processor and model take of media, from the checkpoint's saved
+        processor settings at `path` (read without loading). Checked before any load."""
+        return MediaRules()
 
     def prepare(self, lm, req: GenerationRequest) -> Prepared:
         raise NotImplementedError

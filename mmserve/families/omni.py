@@ -4,6 +4,7 @@ request, out."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 
 import torch
@@ -11,10 +12,12 @@ import torch
 from ..errors import BadRequest
 from ..types import GenerationRequest
 from .base import FamilyHandler, Prepared
+from .rules import MediaRules, whisper_seconds
 from .vision import (
     VIDEO_FRAME_MAX_PIXELS,
     pixel_bounds,
     qwen_media_entry,
+    qwen_media_rules,
     raw_media_check,
     raw_text_prepared,
     video_fps,
@@ -42,6 +45,12 @@ def _talker_eos(model) -> list[int]:
     cfg = model.config.talker_config
     ids = [cfg.tts_codec_pad_token_id, cfg.tts_codec_end_token_id]
     return [int(i) for i in ids if i is not None]
+
+
+def _omni_smart_resize(*args):
+    from qwen_omni_utils.v2_5.vision_process import smart_resize  # imports torchvision
+
+    return smart_resize(*args)
 
 
 def wav_base64(waveform, sample_rate: int = SPEECH_SAMPLE_RATE) -> str:
@@ -80,6 +89,12 @@ class OmniHandler(FamilyHandler):
         loader = spec.loader_class or self.default_loader
         if req.return_audio and loader.endswith("ThinkerForConditionalGeneration"):
             raise BadRequest(self._no_talker(spec.name), param="return_audio")
+
+    def media_rules(self, spec, path) -> MediaRules:
+        """qwen-omni-utils' image rules; audio up to what the Whisper feature extractor takes
+        (it would cut a longer clip without a word). Short clips are fine (any length > 0)."""
+        rules = qwen_media_rules(path, _omni_smart_resize)
+        return dataclasses.replace(rules, max_audio_seconds=whisper_seconds(path))
 
     @staticmethod
     def _no_talker(name: str) -> str:

@@ -5,11 +5,16 @@ from __future__ import annotations
 from ..errors import BadRequest
 from ..types import GenerationRequest, Part
 from .base import FamilyHandler, Prepared
+from .rules import MediaRules, processor_config, qwen_factor, qwen_pixel_bounds
 
 # Qwen's per-frame pixel budget for video (qwen-vl-utils: 768 tokens of 28x28 pixels). A
 # checkpoint that saves one size for images and video (min 3136 .. max 12845056 pixels for
 # Qwen2.5-VL-3B) would otherwise send every sampled frame at full image resolution.
 VIDEO_FRAME_MAX_PIXELS = 768 * 28 * 28
+# The (min, max) pixels of transformers' Qwen2-VL image and video processors when a
+# checkpoint saves none.
+QWEN_IMAGE_PIXELS = (56 * 56, 28 * 28 * 1280)
+QWEN_VIDEO_PIXELS = (128 * 28 * 28, 28 * 28 * 768)
 
 
 def _size_value(size, *keys):
@@ -57,6 +62,25 @@ def qwen_media_entry(processor, part: Part, accepts: tuple[str, ...]) -> dict:
     return {"type": "audio", "audio": part.data}
 
 
+def qwen_media_rules(path, smart_resize) -> MediaRules:
+    """Qwen2.5-VL/Omni image and video-frame rules: qwen-utils' `smart_resize` (aspect ratio at
+    most 200:1, sides of whole 28-pixel patches) within the checkpoint's pixel bounds."""
+    image_cfg = processor_config(path, "image_processor")
+    video_cfg = processor_config(path, "video_processor") or image_cfg
+    return MediaRules(
+        smart_resize=smart_resize,
+        factor=qwen_factor(image_cfg),
+        image_pixels=qwen_pixel_bounds(image_cfg, QWEN_IMAGE_PIXELS),
+        frame_pixels=qwen_pixel_bounds(video_cfg, QWEN_VIDEO_PIXELS, VIDEO_FRAME_MAX_PIXELS),
+    )
+
+
+def _vl_smart_resize(*args):
+    from qwen_vl_utils.vision_process import smart_resize  # imports torchvision: on first use
+
+    return smart_resize(*args)
+
+
 def video_fps(video_kwargs: dict) -> dict:
     """qwen-utils' video kwargs with `fps` as the scalar transformers 5.23 wants (or dropped).
 
@@ -81,6 +105,9 @@ class VisionLanguageHandler(FamilyHandler):
 
     def check_request(self, spec, req: GenerationRequest) -> None:
         raw_media_check(req)
+
+    def media_rules(self, spec, path) -> MediaRules:
+        return qwen_media_rules(path, _vl_smart_resize)
 
     def prepare(self, lm, req: GenerationRequest) -> Prepared:
         if req.raw_prompt:

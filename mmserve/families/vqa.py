@@ -20,6 +20,7 @@ class VQAHandler(FamilyHandler):
     default_loader = "AutoModelForVisualQuestionAnswering"
     default_processor = "AutoProcessor"
     cpu_fallback = True
+    completion_in_context = False  # the question feeds the encoder; the answer has its own
 
     def load(self, spec, path, plan):
         model, processor = super().load(spec, path, plan)

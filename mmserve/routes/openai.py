@@ -208,7 +208,8 @@ def embeddings():
     rt = get_runtime()
     call = schema.parse_embeddings(json_body(), rt.manager.spec)
     g.model = call.model
-    vectors, tokens = rt.service.embed(call.model, call.texts, call.keep_alive)
+    out = rt.service.embed(call.model, call.texts, call.keep_alive, call.truncate, call.fields)
+    vectors, tokens = out.vectors, out.tokens
     size = len(vectors[0]) if vectors else 0
     if call.dimensions is not None and call.dimensions != size:
         raise BadRequest(
@@ -216,7 +217,9 @@ def embeddings():
             param="dimensions",
             code="unsupported_parameter",
         )
-    data = schema.embedding_data(vectors, call.encoding_format)
+    data = schema.embedding_data(
+        vectors, call.encoding_format, out.truncated if call.truncate else None
+    )
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return jsonify({"object": "list", "data": data, "model": call.model, "usage": usage})
 

@@ -80,20 +80,24 @@ def get_keep_alive(body: dict, key: str = "keep_alive", param=None):
         raise BadRequest(str(exc), param=param or key) from None
 
 
-def get_stop(body: dict, key: str = "stop", param=None) -> list[str]:
+def get_stop(body: dict, max_stop: int, key: str = "stop", param=None) -> list[str]:
+    """A stop string or a list of at most `max_stop` (the max_stop setting) non-empty ones."""
     value = body.get(key)
     if value is None:
         return []
     if isinstance(value, str):
         value = [value]
-    if (
-        not isinstance(value, list)
-        or len(value) > 4
-        or not all(isinstance(s, str) and s for s in value)
-    ):
+    name = param or key
+    if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
         raise BadRequest(
-            f"'{param or key}' must be a string or a list of up to 4 non-empty strings",
-            param=param or key,
+            f"'{name}' must be a string or a list of up to {max_stop} non-empty strings",
+            param=name,
+        )
+    if len(value) > max_stop:
+        raise BadRequest(
+            f"'{name}' has {len(value)} strings; the limit is max_stop={max_stop}",
+            param=name,
+            code="limit_exceeded",
         )
     return value
 

@@ -42,14 +42,16 @@ def decode_media(kind: str, data: str, field: str, limits: MediaLimits, tmp_dir:
     return Part("video", data=load_video(raw, field, limits, tmp_dir), field=field)
 
 
-def sampling_from(body: dict, limit: int) -> SamplingParams:
+def sampling_from(body: dict, settings) -> SamplingParams:
+    """Sampling parameters of a native body, bounded by the settings."""
+    limit = settings.max_new_tokens_limit
     return SamplingParams(
         max_new_tokens=get_int(body, "max_new_tokens", lo=1, hi=limit),
         temperature=get_float(body, "temperature", lo=0.0, hi=2.0),
         top_p=get_float(body, "top_p", lo=0.0, hi=1.0),
         top_k=get_int(body, "top_k", lo=0, hi=100000),
         repetition_penalty=get_float(body, "repetition_penalty", lo=0.01, hi=10.0),
-        stop=get_stop(body),
+        stop=get_stop(body, settings.max_stop),
         seed=get_int(body, "seed", lo=0, hi=2**63 - 1),
     )
 
@@ -88,7 +90,7 @@ def parse_generate(model: str, body, settings, tmp_dir: Path) -> tuple[Generatio
     req = GenerationRequest(
         model=model,
         messages=messages,
-        params=sampling_from(body, settings.max_new_tokens_limit),
+        params=sampling_from(body, settings),
         keep_alive=get_keep_alive(body),
         raw_prompt=get_bool(body, "raw"),
         return_audio=get_bool(body, "return_audio"),

@@ -93,6 +93,8 @@ class EmbeddingCall:
     encoding_format: str
     dimensions: int | None
     keep_alive: float | None
+    truncate: bool = False  # cut inputs over the model's limit instead of refusing them
+    fields: list[str] = dataclasses.field(default_factory=list)  # `input`, `input[1]`, ...
 
 
 @dataclass
@@ -121,8 +123,9 @@ def reject_unsupported(body: dict, fields: dict) -> None:
             )
 
 
-def sampling(body: dict, limit: int) -> SamplingParams:
+def sampling(body: dict, settings) -> SamplingParams:
     """Sampling parameters; max_completion_tokens wins over the older max_tokens."""
+    limit = settings.max_new_tokens_limit
     max_tokens = get_int(body, "max_tokens", lo=1, hi=limit)
     max_completion = get_int(body, "max_completion_tokens", lo=1, hi=limit)
     return SamplingParams(
@@ -131,7 +134,7 @@ def sampling(body: dict, limit: int) -> SamplingParams:
         top_p=get_float(body, "top_p", lo=0.0, hi=1.0),
         top_k=get_int(body, "top_k", lo=0, hi=100000),
         repetition_penalty=get_float(body, "repetition_penalty", lo=0.01, hi=10.0),
-        stop=get_stop(body),
+        stop=get_stop(body, settings.max_stop),
         seed=get_int(body, "seed", lo=-(2**63), hi=2**64 - 1),
     )
 
@@ -280,7 +283,7 @@ def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -
             f"'reasoning_format' must be one of {', '.join(REASONING_FORMATS)}",
             param="reasoning_format",
         )
-    params = sampling(body, settings.max_new_tokens_limit)
+    params = sampling(body, settings)
     keep_alive = get_keep_alive(body)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
@@ -320,7 +323,7 @@ def parse_completion(body, settings, lookup=None) -> CompletionCall:
             raise BadRequest(f"'{field}' must not be empty", param=field)
     if stream and len(prompts) > 1:
         raise BadRequest("streaming takes a single prompt", param="prompt")
-    params = sampling(body, settings.max_new_tokens_limit)
+    params = sampling(body, settings)
     keep_alive = get_keep_alive(body)
     requests = [
         GenerationRequest(
@@ -340,7 +343,8 @@ def parse_completion(body, settings, lookup=None) -> CompletionCall:
 
 
 def parse_embeddings(body, lookup=None) -> EmbeddingCall:
-    """POST /v1/embeddings: text inputs only."""
+    """POST /v1/embeddings: text inputs only; `truncate` (TEI's and Ollama's field) cuts an
+    input longer than the model takes instead of refusing it."""
     body = require_object(body)
     model = _model(body, lookup)
     raw = body.get("input")
@@ -368,6 +372,8 @@ def parse_embeddings(body, lookup=None) -> EmbeddingCall:
         encoding_format=encoding,
         dimensions=get_int(body, "dimensions", lo=1),
         keep_alive=get_keep_alive(body),
+        truncate=get_bool(body, "truncate"),
+        fields=[f for f, _ in texts],
     )
 
 
@@ -407,7 +413,7 @@ def parse_transcription(form, files, settings, tmp_dir: Path, lookup) -> Transcr
         temperature = float(temperature) if temperature not in (None, "") else None
     except ValueError:
         raise BadRequest("'temperature' must be a number", param="temperature") from None
-    params = sampling({"temperature": temperature}, settings.max_new_tokens_limit)
+    params = sampling({"temperature": temperature}, settings)
     text = Part("text", text=instruction, field="prompt")
     request = GenerationRequest(
         model=model,
@@ -478,8 +484,11 @@ def model_entry(spec, loaded: bool, created: int) -> dict:
     }
 
 
-def embedding_data(vectors: list[list[float]], encoding: str) -> list[dict]:
-    """The data list; base64 holds the little-endian float32 bytes of each vector."""
+def embedding_data(
+    vectors: list[list[float]], encoding: str, truncated: list[bool] | None = None
+) -> list[dict]:
+    """The data list; base64 holds the little-endian float32 bytes of each vector.
+    With `truncated` (the request sent "truncate": true) each item says whether it was cut."""
     out = []
     for i, vector in enumerate(vectors):
         if encoding == "base64":
@@ -487,5 +496,8 @@ def embedding_data(vectors: list[list[float]], encoding: str) -> list[dict]:
             value = base64.b64encode(raw).decode("ascii")
         else:
             value = vector
-        out.append({"object": "embedding", "index": i, "embedding": value})
+        item = {"object": "embedding", "index": i, "embedding": value}
+        if truncated is not None:
+            item["truncated"] = truncated[i]
+        out.append(item)
     return out
