@@ -29,7 +29,8 @@ NATIVE_KEYS = ["prompt", "system", "max_new_tokens", "temperature", "top_p", "to
                "repetition_penalty", "return_audio"]  # fmt: skip
 OPENAI_KEYS = ["model", "messages", "prompt", "input", "max_tokens", "max_completion_tokens",
                "temperature", "top_p", "stop", "seed", "n", "stream", "stream_options",
-               "keep_alive", "encoding_format", "reasoning_format", "dimensions"]  # fmt: skip
+               "keep_alive", "encoding_format", "reasoning_format", "dimensions",
+               "truncate"]  # fmt: skip
 
 
 def bodies(keys):
@@ -49,6 +50,7 @@ ROUTES = [
     ("POST", "/v1/completions", OPENAI_KEYS),
     ("POST", "/v1/embeddings", OPENAI_KEYS),
     ("POST", "/v1/audio/transcriptions", OPENAI_KEYS),
+    ("POST", "/embed/tiny_embed", ["input", "truncate", "keep_alive"]),
 ]
 
 

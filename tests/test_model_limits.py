@@ -73,6 +73,22 @@ def test_truncate_true_embeds_the_first_tokens_and_says_so(client):
     assert "truncated" not in embed(client, input="short").get_json()["data"][0]
 
 
+def test_native_embed_route_refuses_or_truncates_the_same_way(client):
+    r = client.post("/embed/tiny_embed", json={"input": ["a dog", "cat " * 300]})
+    assert r.status_code == 400 and r.get_json()["param"] == "input[1]"
+    assert overflow(r.get_json(), "error")[0] == EMBED_LIMIT
+    r = client.post("/embed/tiny_embed", json={"input": ["a dog", "cat " * 300], "truncate": True})
+    assert r.status_code == 200, r.get_json()
+    out = r.get_json()
+    assert out["truncated"] == [False, True] and len(out["embeddings"]) == 2
+    alone = client.post("/embed/tiny_embed", json={"input": "a dog"}).get_json()
+    assert np.allclose(alone["embeddings"][0], out["embeddings"][0], atol=1e-5)
+    assert out["usage"]["prompt_tokens"] == alone["usage"]["prompt_tokens"] + EMBED_LIMIT
+    assert "truncated" not in alone
+    r = client.post("/embed/tiny_text", json={"input": "x"})
+    assert r.status_code == 400 and r.get_json()["param"] == "model"
+
+
 def test_minilm_limit_is_its_own_256_not_a_constant(make_app, smollm2_models_dir):
     """The issue's case: two inputs sharing a 600-token prefix got identical vectors, 200."""
     client = make_app(models=[], replace_models=False, models_dir=smollm2_models_dir).test_client()

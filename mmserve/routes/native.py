@@ -1,4 +1,5 @@
-"""Native routes: POST /generate/<model> (JSON or NDJSON stream) and GET /health."""
+"""Native routes: POST /generate/<model> (JSON or NDJSON stream), POST /embed/<model> and
+GET /health."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from ..errors import to_server_error
 from ..runtime import get_runtime
 from ..schemas.fields import read_json
-from ..schemas.native import parse_generate
+from ..schemas.native import parse_embed, parse_generate
 
 bp = Blueprint("native", __name__)
 log = logging.getLogger("mmserve.native")
@@ -73,6 +74,24 @@ def generate(model: str):
             events.close()
 
     return Response(stream_with_context(ndjson()), mimetype="application/x-ndjson")
+
+
+@bp.post("/embed/<model>")
+def embed(model: str):
+    """Unit vectors of texts from an embedding-family model; `truncate` cuts over-long inputs."""
+    rt = get_runtime()
+    g.model = model
+    rt.manager.spec(model)  # 404 before the body is even parsed
+    call = parse_embed(json_body())
+    out = rt.service.embed(model, call.texts, call.keep_alive, call.truncate, call.fields)
+    body = {
+        "model": model,
+        "embeddings": out.vectors,
+        "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
+    }
+    if call.truncate:
+        body["truncated"] = out.truncated
+    return jsonify(body)
 
 
 @bp.get("/health")

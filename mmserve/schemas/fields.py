@@ -102,6 +102,27 @@ def get_stop(body: dict, max_stop: int, key: str = "stop", param=None) -> list[s
     return value
 
 
+def get_inputs(body: dict, max_items: int, key: str = "input") -> list[tuple[str, str]]:
+    """(field, text) of each text to embed: `input` as a string or a non-empty list of them."""
+    raw = body.get(key)
+    if isinstance(raw, str):
+        texts = [(key, raw)]
+    elif isinstance(raw, list) and raw and all(isinstance(t, str) for t in raw):
+        texts = [(f"{key}[{i}]", t) for i, t in enumerate(raw)]
+    elif isinstance(raw, list) and raw and all(isinstance(t, (int, list)) for t in raw):
+        raise BadRequest("token arrays are not supported; send the input as text", param=key)
+    else:
+        raise BadRequest(f"'{key}' must be a string or a non-empty list of strings", param=key)
+    if len(texts) > max_items:
+        raise BadRequest(
+            f"at most {max_items} inputs per request", param=key, code="limit_exceeded"
+        )
+    for field, text in texts:
+        if not text:
+            raise BadRequest(f"'{field}' must not be empty", param=field)
+    return texts
+
+
 def read_json(request, param: str | None = "body"):
     """The request's JSON body. Reading it first lets a body over the limit (also a chunked
     one, capped as it is read) raise 413 instead of being mistaken for bad JSON."""

@@ -1,7 +1,9 @@
-"""The native JSON contract: POST /generate/<model> bodies into GenerationRequests."""
+"""The native JSON contract: POST /generate/<model> bodies into GenerationRequests, and
+POST /embed/<model> bodies."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadRequest
@@ -10,12 +12,37 @@ from ..types import GenerationRequest, Message, Part, SamplingParams
 from .fields import (
     get_bool,
     get_float,
+    get_inputs,
     get_int,
     get_keep_alive,
     get_stop,
     get_str,
     require_object,
 )
+
+MAX_EMBED_INPUTS = 2048  # texts in one embedding request
+
+
+@dataclass
+class EmbedCall:
+    """A parsed POST /embed/<model> body (Ollama's /api/embed fields)."""
+
+    texts: list[str]
+    fields: list[str]  # `input`, or `input[i]` for a list
+    truncate: bool  # cut inputs over the model's limit instead of refusing them
+    keep_alive: float | None
+
+
+def parse_embed(body) -> EmbedCall:
+    """`input` (a string or a list), `truncate` (default false) and `keep_alive`."""
+    body = require_object(body)
+    texts = get_inputs(body, MAX_EMBED_INPUTS)
+    return EmbedCall(
+        texts=[t for _, t in texts],
+        fields=[f for f, _ in texts],
+        truncate=get_bool(body, "truncate"),
+        keep_alive=get_keep_alive(body),
+    )
 
 
 def media_limits(settings) -> MediaLimits:

@@ -18,15 +18,23 @@ from ..media import AUDIO_FORMATS, MediaError
 from ..reasoning import split_reasoning
 from ..remote_media import fetch_remote
 from ..types import GenerationRequest, Message, Part, SamplingParams
-from .fields import get_bool, get_float, get_int, get_keep_alive, get_stop, get_str, require_object
-from .native import decode_media, media_limits
+from .fields import (
+    get_bool,
+    get_float,
+    get_inputs,
+    get_int,
+    get_keep_alive,
+    get_stop,
+    get_str,
+    require_object,
+)
+from .native import MAX_EMBED_INPUTS, decode_media, media_limits
 
 REASONING_FORMATS = ("reasoning_content", "reasoning", "none", "merged")
 _REASONING_KEYS = {"reasoning_content": "reasoning_content", "reasoning": "reasoning"}
 TRANSCRIPTION_FORMATS = ("json", "text")
 DEFAULT_TRANSCRIBE_PROMPT = "Transcribe the audio."
 MAX_PROMPTS = 32  # prompts in one /v1/completions request
-MAX_EMBED_INPUTS = 2048
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _MEDIA_PARTS = {"image_url": "image", "video_url": "video"}
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -347,22 +355,7 @@ def parse_embeddings(body, lookup=None) -> EmbeddingCall:
     input longer than the model takes instead of refusing it."""
     body = require_object(body)
     model = _model(body, lookup)
-    raw = body.get("input")
-    if isinstance(raw, str):
-        texts = [("input", raw)]
-    elif isinstance(raw, list) and raw and all(isinstance(t, str) for t in raw):
-        texts = [(f"input[{i}]", t) for i, t in enumerate(raw)]
-    elif isinstance(raw, list) and raw and all(isinstance(t, (int, list)) for t in raw):
-        raise BadRequest("token arrays are not supported; send the input as text", param="input")
-    else:
-        raise BadRequest("'input' must be a string or a non-empty list of strings", param="input")
-    if len(texts) > MAX_EMBED_INPUTS:
-        raise BadRequest(
-            f"at most {MAX_EMBED_INPUTS} inputs per request", param="input", code="limit_exceeded"
-        )
-    for field, text in texts:
-        if not text:
-            raise BadRequest(f"'{field}' must not be empty", param=field)
+    texts = get_inputs(body, MAX_EMBED_INPUTS)
     encoding = get_str(body, "encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise BadRequest("'encoding_format' must be float or base64", param="encoding_format")
