@@ -80,8 +80,7 @@ class TextHandler(FamilyHandler):
     def generate(self, lm, prepared: Prepared, gen_kwargs: dict):
         if is_compiled(lm):
             need = prepared.prompt_tokens + int(gen_kwargs.get("max_new_tokens") or 0)
-            context = getattr(lm.model.config, "max_position_embeddings", None)
-            size = static_cache_len(lm.plan.cache_len, need, context)
+            size = static_cache_len(lm.plan.cache_len, need, lm.context)
             # transformers never shrinks a static cache (it keeps the largest length asked
             # for, to spare static-shape recompiles). The decode step is compiled with
             # dynamic shapes here, so each call gets its own rounded length instead: one long
