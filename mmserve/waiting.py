@@ -67,8 +67,23 @@ def start_with_status(start, manager, model: str, interval: float):
 
 
 def _close_result(future: Future) -> None:
-    if future.exception() is None and hasattr(future.result(), "close"):
-        future.result().close()
+    """Close what `start()` returned (a stream, or a tuple holding one) for a client gone."""
+    if future.exception() is not None:
+        return
+    value = future.result()
+    for item in value if isinstance(value, tuple) else (value,):
+        if hasattr(item, "close"):
+            item.close()
+
+
+def first_ready(waiting):
+    """Advance `start_with_status` once: (stream, None) when it was ready within the first
+    interval (its errors raise here, before any byte is sent, so they get their own status),
+    else (None, first status dict) and the caller streams the rest of `waiting`."""
+    item = next(waiting)
+    if isinstance(item, tuple):
+        return item[1], None
+    return None, item
 
 
 def wait_status(manager, model: str, ticket: Ticket, t0: float) -> dict:

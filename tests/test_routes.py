@@ -157,16 +157,25 @@ def test_cleanup_temp_route(make_app, tmp_path):
     assert body["removed_files"] == 1 and body["status"]["file_count"] == 0
 
 
-def test_offline_missing_model_503_names_the_command(make_app):
+def test_offline_missing_model_404_names_the_command(make_app):
+    """Issue 11 item 9: permanent, so 404 model_not_downloaded without Retry-After."""
     client = make_app([tiny_entry("tiny_text", name="ghost", local_dir="ghost")]).test_client()
     r = client.post("/generate/ghost", json={"prompt": "x"})
-    assert r.status_code == 503
-    assert "python utils/download_model.py ghost" in r.get_json()["error"]
+    assert r.status_code == 404 and r.get_json()["code"] == "model_not_downloaded"
+    assert "Retry-After" not in r.headers
+    assert r.get_json()["error"].endswith("main.py --models-dir " + str(
+        client.application.extensions["mmserve"].settings.models_dir.resolve()
+    ) + " --download ghost")
+    r = client.post("/v1/chat/completions", json={"model": "ghost", "messages": [
+        {"role": "user", "content": "x"}]})  # fmt: skip
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "model_not_downloaded"
 
 
 def test_error_bodies_hold_no_paths_or_reprs(make_app, tiny_models_dir):
     client = make_app([tiny_entry("tiny_text", name="ghost", local_dir="ghost")]).test_client()
     text = client.post("/generate/ghost", json={"prompt": "x"}).get_data(as_text=True)
+    # the fetch command names the models folder on purpose (it must work as printed)
+    text = text.split("fetch it with:")[0]
     assert str(tiny_models_dir) not in text
     assert not re.search(r"0x[0-9a-f]{6,}|Traceback|<.*object at", text)
 

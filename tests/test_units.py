@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 
 import pytest
 
@@ -12,6 +14,7 @@ from mmserve.eviction import Candidate, choose_victims
 from mmserve.generation import StopText
 from mmserve.models_config import MODELS_CONFIG, ConfigError, build_table, validate_entry
 from mmserve.settings import Settings
+from tests.conftest import ROOT
 
 
 # --- model table ----------------------------------------------------------------------------
@@ -66,7 +69,8 @@ def test_entry_defaults_and_quantization_none():
     assert spec.keep_alive == 600
     assert spec.local_dir == "m1"
     assert spec.capabilities == ("text",)
-    assert spec.download_command() == "python utils/download_model.py m1"
+    assert spec.download_command() == shlex.join([sys.executable, str(ROOT / "main.py"),
+                                                  "--download", "m1"])  # fmt: skip
 
 
 def test_config_file_adds_and_overrides(tmp_path):
