@@ -235,3 +235,24 @@ def test_pull_from_a_local_hub_with_progress_resume_and_auto_4bit(tmp_path, hub_
     finally:
         server.stop()
         hub.close()
+
+
+@pytest.mark.slow
+def test_first_run_materialises_once_in_the_background(tmp_path):
+    """An empty models folder: smollm2 is built from its GGUF at start; a request arriving
+    meanwhile streams status lines and is answered by that same work (converted once)."""
+    env = {"MMSERVE_STREAM_STATUS_SECONDS": "1", "MMSERVE_PRELOAD": ""}
+    server = start_server(tmp_path, ["--models-dir", str(tmp_path / "models")], env)
+    try:
+        assert "listening on http://127.0.0.1" in server.log()
+        assert "smollm2 (on_disk)" in server.log()
+        poll(lambda: status(server, "smollm2")["stage"] == "materialising", timeout=30)
+        body = {"prompt": "Say hi.", "max_new_tokens": 4, "stream": True}
+        r = requests.post(server.url + "/generate/smollm2", json=body, stream=True, timeout=600)
+        lines = [json.loads(x) for x in r.iter_lines() if x]
+        waiting = [ln for ln in lines if ln.get("status") == "loading"]
+        assert waiting and waiting[0]["stage"] == "materialising", lines[:3]
+        assert lines[-1]["done"] is True and "error" not in lines[-1], lines[-1]
+        assert server.log().count("materialising smollm2\n") == 1
+    finally:
+        server.stop()

@@ -220,3 +220,31 @@ def test_a_stream_closed_before_its_first_item_releases_the_model(make_app):
     assert rt.manager.status_of("tiny_text")["ref_count"] == 1
     stream.close()
     assert rt.manager.status_of("tiny_text")["ref_count"] == 0
+
+
+def test_streams_waiting_for_a_load_send_status_lines_first(make_app, monkeypatch):
+    """Issue 15 item 3: native NDJSON {"status": "loading"} lines and /v1 SSE comment lines
+    (ignored by OpenAI clients) while a slow load runs, then the answer."""
+    import time
+
+    import mmserve.manager as manager_mod
+
+    real = manager_mod.load_model
+
+    def slow(*args, **kwargs):
+        time.sleep(0.8)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(manager_mod, "load_model", slow)
+    client = make_app(stream_status_seconds=0.2).test_client()
+    r = client.post("/generate/tiny_text", json={"prompt": "x", "stream": True})
+    lines = [json.loads(x) for x in r.get_data(as_text=True).splitlines() if x]
+    assert lines[0]["status"] == "loading" and lines[0]["model"] == "tiny_text"
+    assert lines[0]["queue_position"] is None  # admitted; waiting for the load itself
+    assert lines[-1]["done"] is True
+    client.post("/admin/unload/tiny_text")
+    body = {"model": "tiny_text", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    text = client.post("/v1/chat/completions", json=body).get_data(as_text=True)
+    events = [e for e in text.split("\n\n") if e]
+    assert events[0].startswith(': {"status": "loading"')
+    assert events[-1] == "data: [DONE]" and any(e.startswith("data: {") for e in events)
