@@ -42,7 +42,14 @@ from .families import get_handler
 from .loader import LoadedModel, load_model, plan_for
 from .memory import GB, MemoryProbe, estimate_model_bytes
 from .models_config import ModelSpec
-from .planner import FitPlan, kv_cache_bytes, plan_fit
+from .planner import (
+    FitPlan,
+    bits_name,
+    kv_cache_bytes,
+    plan_fit,
+    quantization_reason,
+    quantization_setting,
+)
 from .stages import StageBoard
 from .waiting import Waiter, current_ticket
 
@@ -254,7 +261,7 @@ class ModelManager:
                 **self.stages.get(name),
                 "quant_bits": slot.quant_bits if lm else spec.quantization,
                 "quant_reason": slot.quant_reason if lm else None,
-                "quantization": _quantization_setting(spec),
+                "quantization": quantization_setting(spec.quantization_choices),
                 "queue": [
                     {"position": i + 1, "age_seconds": round(now - w.since, 3)}
                     for i, w in enumerate(slot.queue)
@@ -453,16 +460,8 @@ class ModelManager:
             for victim in plan.evict:
                 log.info("evicting %s to make room for %s", victim["model"], spec.name)
                 self._unload_locked(self._slots[victim["model"]], reason="evicted")
-        if len(spec.quantization_choices) > 1:
-            tried = ", ".join(_bits_name(p.quant_bits) for p in plans)
-            slot.quant_reason = (
-                f"auto: {_bits_name(plan.quant_bits)} is the first of [{tried}] that fits "
-                f"({plan.total_bytes / GB:.3f} GB needed, {plan.free_bytes / GB:.3f} GB free"
-                + (f" after evicting {len(plan.evict)} idle model(s))" if plan.evict else ")")
-            )
-            log.info("%s: %s", spec.name, slot.quant_reason)
-        else:
-            slot.quant_reason = "fixed by the table entry"
+        slot.quant_reason = quantization_reason(spec.quantization_choices, plan)
+        log.info("%s: %s", spec.name, slot.quant_reason)
         return plan
 
     def _load_with_room(self, slot: Slot, path: Path) -> LoadedModel:
@@ -505,23 +504,12 @@ class ModelManager:
         slot.quant_bits = fit.quant_bits
         log.info(
             "loaded %s on %s (%s, %s) in %.2fs, %.2f GB (estimated %.2f GB)",
-            name, plan.device, plan.dtype_name, _bits_name(fit.quant_bits), slot.load_seconds,
+            name, plan.device, plan.dtype_name, bits_name(fit.quant_bits), slot.load_seconds,
             lm.bytes / GB, fit.total_bytes / GB,
         )  # fmt: skip
         if self.hooks:
             self.hooks.on_load(name, slot.load_seconds)
         return lm
-
-
-def _bits_name(bits: int | None) -> str:
-    return "full precision" if bits is None else f"{bits}-bit"
-
-
-def _quantization_setting(spec: ModelSpec):
-    """The entry's quantization as its table sets it: none, 4, 8, or the ordered choices."""
-    if len(spec.quantization_choices) > 1:
-        return list(spec.quantization_choices)
-    return spec.quantization
 
 
 def collect(full: bool = True) -> None:

@@ -80,3 +80,24 @@ def plan_fit(
         still_short_bytes=0 if decision.fits else need - free - idle,
         context=context,
     )
+
+
+def bits_name(bits: int | None) -> str:
+    return "full precision" if bits is None else f"{bits}-bit"
+
+
+def quantization_setting(choices: tuple):
+    """The entry's quantization as its table sets it: none, 4, 8, or the ordered choices."""
+    return list(choices) if len(choices) > 1 else choices[0]
+
+
+def quantization_reason(choices: tuple, chosen: FitPlan) -> str:
+    """Why a load runs at `chosen.quant_bits` (shown as `quant_reason` and logged)."""
+    if len(choices) == 1:
+        return f"{bits_name(chosen.quant_bits)}, fixed by the table entry"
+    listed = ", ".join(bits_name(b) for b in choices)
+    evicted = f" after evicting {len(chosen.evict)} idle model(s)" if chosen.evict else ""
+    return (
+        f"auto: {bits_name(chosen.quant_bits)} is the first of [{listed}] that fits "
+        f"({chosen.total_bytes} bytes needed, {chosen.free_bytes} free{evicted})"
+    )

@@ -17,7 +17,7 @@ from tests.conftest import ROOT, start_server, tiny_entry
 
 pytestmark = pytest.mark.server
 
-SLOW_LOAD = '''
+SLOW_LOAD = """
 import os, time
 import transformers.modeling_utils as mu
 _orig = mu.PreTrainedModel.from_pretrained.__func__
@@ -25,7 +25,7 @@ def _slow(cls, *args, **kwargs):
     time.sleep(float(os.environ["TEST_SLOW_LOAD_SECONDS"]))
     return _orig(cls, *args, **kwargs)
 mu.PreTrainedModel.from_pretrained = classmethod(_slow)
-'''
+"""
 
 
 def gb(n: float) -> str:
@@ -213,7 +213,9 @@ def test_pull_from_a_local_hub_with_progress_resume_and_auto_4bit(tmp_path, hub_
         weights = [ln for ln in lines if ln.get("file") == "model.safetensors"]
         completed = [ln["completed"] for ln in weights]
         assert completed == sorted(completed) and len(set(completed)) > 1
-        assert completed[-1] == weights[-1]["total"] == (hub_repo / "model.safetensors").stat().st_size
+        assert (
+            completed[-1] == weights[-1]["total"] == (hub_repo / "model.safetensors").stat().st_size
+        )
         # the first GET was cut after half the file; the rest came with a Range request
         ranges = [rng for name, rng in hub.ranges if name == "model.safetensors"]
         assert ranges[0] is None and ranges[1] and ranges[1].startswith("bytes=")

@@ -163,9 +163,11 @@ def test_offline_missing_model_404_names_the_command(make_app):
     r = client.post("/generate/ghost", json={"prompt": "x"})
     assert r.status_code == 404 and r.get_json()["code"] == "model_not_downloaded"
     assert "Retry-After" not in r.headers
-    assert r.get_json()["error"].endswith("main.py --models-dir " + str(
-        client.application.extensions["mmserve"].settings.models_dir.resolve()
-    ) + " --download ghost")
+    assert r.get_json()["error"].endswith(
+        "main.py --models-dir "
+        + str(client.application.extensions["mmserve"].settings.models_dir.resolve())
+        + " --download ghost"
+    )
     r = client.post("/v1/chat/completions", json={"model": "ghost", "messages": [
         {"role": "user", "content": "x"}]})  # fmt: skip
     assert r.status_code == 404 and r.get_json()["error"]["code"] == "model_not_downloaded"
