@@ -259,3 +259,18 @@ def test_first_run_materialises_once_in_the_background(tmp_path):
         assert whole.count("materialising smollm2\n") == 1  # converted once, not again
     finally:
         server.stop()
+
+
+def test_openai_client_does_not_retry_a_model_that_is_not_downloaded(offline_server):
+    """Issue 11 item 9: 404 model_not_downloaded, so openai-python gives up after one hit."""
+    import openai
+
+    client = openai.OpenAI(base_url=offline_server.url + "/v1", api_key="x", max_retries=2)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="far", messages=[{"role": "user", "content": "x"}])
+    assert info.value.code == "model_not_downloaded"
+    assert "--download far" in info.value.message and "--models-config" in info.value.message
+    metrics = requests.get(offline_server.url + "/metrics", timeout=10).text
+    hits = [ln for ln in metrics.splitlines() if ln.startswith("mmserve_requests_total")
+            and 'model="far"' in ln and "chat/completions" in ln]  # fmt: skip
+    assert len(hits) == 1 and hits[0].endswith(" 1.0"), hits
