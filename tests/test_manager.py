@@ -161,3 +161,14 @@ def test_failed_load_is_500_and_the_next_good_request_works(make_app, tiny_model
         rt.service.generate(ask("broken"))
     assert rt.manager.status_of("broken")["state"] == "unloaded"
     assert rt.service.generate(ask("tiny_text")).completion_tokens > 0
+
+
+def test_auto_quantization_that_fits_nowhere_is_503_with_the_plans(make_app):
+    entry = tiny_entry("tiny_text", quantization="auto")
+    client = make_app([entry], ram_budget_gb=100_000 / 1024**3).test_client()
+    r = client.post("/generate/tiny_text", json={"prompt": "x"})
+    assert r.status_code == 503 and r.get_json()["code"] == "out_of_memory"
+    assert r.headers["Retry-After"]
+    plans = r.get_json()["details"]["plans"]
+    assert [p["quant_bits"] for p in plans] == [None, 8, 4]
+    assert not any(p["fits"] for p in plans) and all(p["still_short_bytes"] > 0 for p in plans)
