@@ -3,6 +3,7 @@ local Hub, load stages, queue positions, the fit planner, quantization: auto, fi
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -204,7 +205,7 @@ def test_pull_from_a_local_hub_with_progress_resume_and_auto_4bit(tmp_path, hub_
         # joins it (the same job: its lines start from the beginning)
         with requests.post(server.url + "/admin/pull/hubby", stream=True, timeout=120) as r:
             assert r.status_code == 200
-            first = [json.loads(x) for _, x in zip(range(2), r.iter_lines())]
+            first = [json.loads(x) for x in itertools.islice(r.iter_lines(), 2)]
         assert first[0] == {"status": "pulling", "model": "hubby"}
         j = requests.post(server.url + "/admin/pull/hubby", stream=True, timeout=120)
         lines = joined = [json.loads(x) for x in j.iter_lines() if x]
