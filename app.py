@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 
 from flask import Flask
@@ -51,8 +52,6 @@ def _materialise_embedded(runtime) -> None:
 
 def _ready_line(runtime) -> str:
     """Where the server listens and what each model's availability is."""
-    import os
-
     host, port = os.environ.get("MMSERVE_HOST"), os.environ.get("MMSERVE_PORT")
     where = f"listening on http://{host}:{port}; " if host and port else ""
     models = ", ".join(
