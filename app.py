@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 
 from flask import Flask
@@ -35,6 +36,30 @@ def _preload(runtime) -> None:
             log.exception("preloading %s failed", name)
 
 
+def _materialise_embedded(runtime) -> None:
+    """Build the embedded models that are not on disk yet (the GGUF conversion of smollm2 takes
+    tens of seconds) in the background; a request arriving meanwhile waits on this same work
+    (the fetcher runs one fetch per model) instead of starting it again."""
+    for spec in runtime.table.values():
+        if spec.source.get("type", "hub") == "hub" or runtime.disk_report(spec.name)["complete"]:
+            continue
+        try:
+            runtime.fetcher.ensure(spec)
+            log.info("%s is ready on disk", spec.name)
+        except Exception:  # noqa: BLE001 - the first request will report it
+            log.exception("materialising %s failed", spec.name)
+
+
+def _ready_line(runtime) -> str:
+    """Where the server listens and what each model's availability is."""
+    host, port = os.environ.get("MMSERVE_HOST"), os.environ.get("MMSERVE_PORT")
+    where = f"listening on http://{host}:{port}; " if host and port else ""
+    models = ", ".join(
+        f"{name} ({runtime.availability(name)['availability']})" for name in runtime.table
+    )
+    return f"server ready: {where}device {runtime.manager.device}; models: {models}"
+
+
 def create_app(config: dict | None = None) -> Flask:
     """Build the app. `config` holds Settings fields and overrides the MMSERVE_* environment."""
     settings = Settings.load(config)
@@ -63,14 +88,14 @@ def create_app(config: dict | None = None) -> Flask:
         runtime.manager.close(settings.shutdown_timeout if timeout is None else timeout)
 
     app.extensions["mmserve_close"] = close
+    if settings.materialise_at_start:
+        threading.Thread(
+            target=_materialise_embedded, args=(runtime,), name="materialise", daemon=True
+        ).start()
     if settings.preload:
         threading.Thread(target=_preload, args=(runtime,), name="preload", daemon=True).start()
     # The import-time heap (torch, transformers: ~450k objects) never becomes garbage; freezing
     # it keeps the full collection each unload runs from rescanning it (~0.17 s per swap).
     gc.freeze()
-    log.info(
-        "server ready: %d models in the table, device %s",
-        len(runtime.table),
-        runtime.manager.device,
-    )
+    log.info(_ready_line(runtime))
     return app

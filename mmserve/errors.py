@@ -106,18 +106,39 @@ class TooManyRequests(ServerError):
     code = "queue_full"
 
 
-class Unavailable(ServerError):
-    """503: the server cannot serve this now (not downloaded, load failed, shutting down)."""
+class ModelNotDownloaded(NotFound):
+    """404: the model is in the table but not on disk, and the server cannot fetch it (offline,
+    or its package is not installed). Permanent until someone runs the command in the message,
+    so it must not invite retries (as Ollama's "model not found, try pulling it")."""
 
-    status = 503
-    type = "service_unavailable"
-
-
-class ModelNotDownloaded(Unavailable):
     code = "model_not_downloaded"
 
 
-class ModelLoadFailed(Unavailable):
+class Unavailable(ServerError):
+    """503 + Retry-After: transient only (overload, out of memory, a load or download that may
+    work on a retry, shutting down). Permanent failures are 4xx or 500."""
+
+    status = 503
+    type = "service_unavailable"
+    retry_after = "2"  # seconds; clients such as openai-python honour it
+
+    def __init__(self, message: str, **kwargs):
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", self.retry_after)
+
+
+class DownloadFailed(Unavailable):
+    """The Hub could not be reached or a file failed on the way: a retry may work."""
+
+    code = "download_failed"
+    retry_after = "10"
+
+
+class ModelLoadFailed(ServerError):
+    """500: the files are on disk but do not load (the server's own fault; a retry fails too)."""
+
+    status = 500
+    type = "server_error"
     code = "model_load_failed"
 
 

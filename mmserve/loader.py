@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,16 +104,22 @@ def model_kwargs(spec: ModelSpec, plan: DevicePlan) -> dict:
     return kwargs
 
 
-def load_model(spec: ModelSpec, path: Path, plan: DevicePlan, handler) -> LoadedModel:
-    """Load weights and processor through the family handler, in eval mode on the planned device."""
-    model, processor = handler.load(spec, Path(path), plan)
-    model.eval()
-    if (
-        plan.device == "cuda"
-        and not getattr(model, "hf_device_map", None)
-        and spec.quantization is None
-    ):
-        model.to("cuda")
+def load_model(spec: ModelSpec, path: Path, plan: DevicePlan, handler, stages=None) -> LoadedModel:
+    """Load weights and processor through the family handler, in eval mode on the planned device.
+
+    `stages(kind)`, when given, is a context manager factory that marks the two slow parts,
+    kind "weights" (from_pretrained, quantizing included) and "warm_up".
+    """
+    stages = stages or (lambda kind: contextlib.nullcontext())
+    with stages("weights"):
+        model, processor = handler.load(spec, Path(path), plan)
+        model.eval()
+        if (
+            plan.device == "cuda"
+            and not getattr(model, "hf_device_map", None)
+            and spec.quantization is None
+        ):
+            model.to("cuda")
     tokenizer = getattr(processor, "tokenizer", processor)
     try:
         size = int(model.get_memory_footprint())
@@ -120,5 +127,6 @@ def load_model(spec: ModelSpec, path: Path, plan: DevicePlan, handler) -> Loaded
         size = sum(p.numel() * p.element_size() for p in model.parameters())
     context = context_length(model, tokenizer, path)
     lm = LoadedModel(spec, model, processor, tokenizer, handler, plan, size, context)
-    handler.warm_up(lm)
+    with stages("warm_up"):
+        handler.warm_up(lm)
     return lm

@@ -9,11 +9,14 @@ Locking rules:
   models, so two loads never count the same free memory.
 - A slot with refs > 0 is never evicted or unloaded; its idle timer is armed
   only when refs drops to zero.
+- Waiting requests are served first come, first served: a waiter takes a turn only when
+  it heads `slot.queue` (its queue position is its index + 1).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import threading
@@ -34,11 +37,21 @@ from .errors import (
     Unavailable,
     is_oom,
 )
-from .eviction import Candidate, choose_victims
+from .eviction import Candidate
 from .families import get_handler
 from .loader import LoadedModel, load_model, plan_for
 from .memory import GB, MemoryProbe, estimate_model_bytes
 from .models_config import ModelSpec
+from .planner import (
+    FitPlan,
+    bits_name,
+    kv_cache_bytes,
+    plan_fit,
+    quantization_reason,
+    quantization_setting,
+)
+from .stages import StageBoard
+from .waiting import Waiter, current_ticket
 
 log = logging.getLogger("mmserve.manager")
 
@@ -59,6 +72,9 @@ class Slot:
     timer_gen: int = 0
     load_seconds: float | None = None
     last_error: str | None = None
+    queue: list = field(default_factory=list)  # Waiters in arrival order
+    quant_bits: int | None = None  # bits the loaded model runs at (None: full precision)
+    quant_reason: str | None = None
     load_lock: threading.Lock = field(default_factory=threading.Lock)
     gate: threading.Condition | None = None
 
@@ -85,11 +101,19 @@ class Lease:
 class ModelManager:
     """Lazy loading, ref counts, keep-alive timers, LRU eviction and unloading."""
 
-    def __init__(self, table: dict[str, ModelSpec], settings, ensure_on_disk, hooks=None):
+    def __init__(
+        self,
+        table: dict[str, ModelSpec],
+        settings,
+        ensure_on_disk,
+        hooks=None,
+        stages: StageBoard | None = None,
+    ):
         self.table = table
         self.settings = settings
         self._ensure_on_disk = ensure_on_disk  # (spec) -> Path; raises ModelNotDownloaded
         self.hooks = hooks  # optional metrics hooks: on_load(name, seconds), on_evict(name)
+        self.stages = stages or StageBoard()  # what each model is doing (shared with fetches)
         device = plan_for(next(iter(table.values())), settings.device).device if table else "cpu"
         self.device = device
         total = psutil.virtual_memory().total
@@ -135,10 +159,15 @@ class ModelManager:
                 )
             slot.refs += 1  # a queued request already protects the model from eviction
             self._cancel_timer(slot)
+            waiter = Waiter(name)
+            ticket = current_ticket.get()
+            if ticket is not None:
+                ticket.waiter = waiter
+            slot.queue.append(waiter)
             slot.waiting += 1
             deadline = time.monotonic() + s.queue_timeout
             try:
-                while slot.active >= self._concurrency(slot):
+                while slot.active >= self._concurrency(slot) or slot.queue[0] is not waiter:
                     left = deadline - time.monotonic()
                     if left <= 0 or self.closed:
                         raise Unavailable(
@@ -152,6 +181,9 @@ class ModelManager:
                 raise
             finally:
                 slot.waiting -= 1
+                slot.queue.remove(waiter)
+                waiter.admitted = True
+                slot.gate.notify_all()  # the next waiter may now head the queue
         lease = Lease(self, slot, keep_alive)
         try:
             self._ensure_loaded(slot)
@@ -210,12 +242,30 @@ class ModelManager:
         slot = self._slots.get(name)
         return slot.active if slot is not None else 0
 
+    def queue_position(self, waiter: Waiter) -> int | None:
+        """1-based place of a waiting request in its model's queue; None once admitted."""
+        slot = self._slots.get(waiter.model)
+        with self._lock:
+            if slot is None or waiter.admitted or waiter not in slot.queue:
+                return None
+            return slot.queue.index(waiter) + 1
+
     def status_of(self, name: str) -> dict:
         slot = self._slots[name]
+        now = time.monotonic()
         with self._lock:
             lm = slot.loaded
+            spec = slot.spec
             return {
-                "state": slot.state,
+                "state": "unloaded" if slot.state == "unloading" else slot.state,
+                **self.stages.get(name),
+                "quant_bits": slot.quant_bits if lm else spec.quantization,
+                "quant_reason": slot.quant_reason if lm else None,
+                "quantization": quantization_setting(spec.quantization_choices),
+                "queue": [
+                    {"position": i + 1, "age_seconds": round(now - w.since, 3)}
+                    for i, w in enumerate(slot.queue)
+                ],
                 "device": lm.plan.device if lm else None,
                 "dtype": lm.plan.dtype_name if lm else None,
                 "bytes": lm.bytes if lm else 0,
@@ -280,7 +330,7 @@ class ModelManager:
             slot.active -= 1
             slot.refs -= 1
             slot.last_used = time.time()
-            slot.gate.notify()
+            slot.gate.notify_all()  # FIFO: only the head of the queue proceeds
             self._changed.notify_all()
             self._after_release(slot, keep_alive)
 
@@ -346,64 +396,104 @@ class ModelManager:
         with slot.load_lock:
             if slot.state == "loaded":
                 return
-            spec = slot.spec
-            path = self._ensure_on_disk(spec)
-            with self._admission:
+            with self._lock:
+                slot.state = "loading"  # from here on: fetching, admission, weights, warm-up
+            try:
+                path = Path(self._ensure_on_disk(slot.spec))
+                with self._admission:
+                    lm = self._load_with_room(slot, path)
+            except BaseException as exc:
                 with self._lock:
-                    slot.state = "loading"
-                try:
-                    lm = self._load_with_room(slot, Path(path))
-                except BaseException as exc:
-                    with self._lock:
-                        slot.state = "unloaded"
-                        slot.last_error = type(exc).__name__
-                    raise
-                with self._lock:
-                    slot.loaded = lm
-                    slot.state = "loaded"
-                    slot.last_error = None
-                    self.loads += 1
+                    slot.state = "unloaded"
+                    slot.last_error = type(exc).__name__
+                raise
+            with self._lock:
+                slot.loaded = lm
+                slot.state = "loaded"
+                slot.last_error = None
+                self.loads += 1
 
-    def _make_room(self, slot: Slot, need: int) -> None:
+    # --- planning: the same code answers GET /admin/plan and decides each load -----------
+    def plan(self, name: str, bits=..., context: int = 0) -> list[FitPlan]:
+        """The fit plan of each quantization choice (the entry's own choices by default, or
+        `bits` alone), as a load would decide now. Changes nothing. Raises ModelNotFound, and
+        ModelNotDownloaded when the files are not on disk to size the model from."""
+        slot = self._slots.get(name)
+        if slot is None:
+            raise ModelNotFound(name)
+        path = Path(self._ensure_on_disk(slot.spec, fetch=False))
+        choices = slot.spec.quantization_choices if bits is ... else (bits,)
         with self._lock:
-            candidates = [
-                Candidate(s.spec.name, s.loaded.bytes, s.last_used, s.refs > 0)
-                for s in self._slots.values()
-                if s is not slot and s.state == "loaded" and s.loaded is not None
-            ]
-            loaded = sum(c.bytes for c in candidates)
-            free = self.probe.free_bytes(loaded)
-            plan = choose_victims(need, free, candidates)
-            if not plan.fits:
+            return [self._plan_locked(slot, path, b, context) for b in choices]
+
+    def _plan_locked(self, slot: Slot, path: Path, bits: int | None, context: int) -> FitPlan:
+        """One choice's plan; caller holds _lock (the loaded set must not change under it)."""
+        dtype = plan_for(slot.spec, self.settings.device, self.settings).dtype_name
+        weights = estimate_model_bytes(path, dtype, bits)
+        kv = kv_cache_bytes(path / "config.json", context, dtype)
+        candidates = [
+            Candidate(s.spec.name, s.loaded.bytes, s.last_used, s.refs > 0)
+            for s in self._slots.values()
+            if s is not slot and s.state == "loaded" and s.loaded is not None
+        ]
+        free = self.probe.free_bytes(sum(c.bytes for c in candidates))
+        return plan_fit(slot.spec.name, bits, weights, kv, free, candidates, context)
+
+    def _choose_and_make_room(self, slot: Slot, path: Path) -> FitPlan:
+        """The first quantization choice that fits after evicting idle models; evict them.
+        Raises OutOfMemory (503) with every choice's plan in its details when none fits."""
+        spec = slot.spec
+        with self._lock:
+            plans = []
+            for bits in spec.quantization_choices:
+                plan = self._plan_locked(slot, path, bits, 0)
+                plans.append(plan)
+                if plan.fits:
+                    break
+            else:
+                need = min(p.total_bytes for p in plans)
                 raise OutOfMemory(
-                    f"model '{slot.spec.name}' needs about {need / GB:.2f} GB but only "
-                    f"{free / GB:.2f} GB can be freed now",
+                    f"model '{spec.name}' needs about {need / GB:.2f} GB but only "
+                    f"{plans[-1].free_bytes / GB:.2f} GB can be freed now",
+                    details={"plans": [p.to_dict() for p in plans]},
                 )
-            for name in plan.victims:
-                log.info("evicting %s to make room for %s", name, slot.spec.name)
-                self._unload_locked(self._slots[name], reason="evicted")
+            for victim in plan.evict:
+                log.info("evicting %s to make room for %s", victim["model"], spec.name)
+                self._unload_locked(self._slots[victim["model"]], reason="evicted")
+        slot.quant_reason = quantization_reason(spec.quantization_choices, plan)
+        log.info("%s: %s", spec.name, slot.quant_reason)
+        return plan
 
     def _load_with_room(self, slot: Slot, path: Path) -> LoadedModel:
-        spec = slot.spec
+        fit = self._choose_and_make_room(slot, path)
+        # The loaded model carries the chosen bits as its entry's quantization, so the loader,
+        # the CPU fallback rule and the results all see what was applied.
+        spec = dataclasses.replace(slot.spec, quantization=fit.quant_bits)
         plan = plan_for(spec, self.settings.device, self.settings)
-        need = estimate_model_bytes(path, plan.dtype_name, spec.quantization)
-        self._make_room(slot, need)
         handler = get_handler(spec.family)
+        name = spec.name
+        weights_stage = "quantizing" if fit.quant_bits else "loading_weights"
+
+        @contextlib.contextmanager
+        def stages(kind: str):
+            with self.stages.stage(name, weights_stage if kind == "weights" else "warming_up"):
+                yield
+
         t0 = time.monotonic()
         for attempt in (1, 2):
             try:
-                lm = load_model(spec, path, plan, handler)
+                lm = load_model(spec, path, plan, handler, stages=stages)
                 break
             except Exception as exc:  # noqa: BLE001 - classified right below
                 if is_oom(exc) and attempt == 1:
-                    log.warning("out of memory loading %s; freeing memory and retrying", spec.name)
-                    self.free_memory(exclude=spec.name)
+                    log.warning("out of memory loading %s; freeing memory and retrying", name)
+                    self.free_memory(exclude=name)
                     continue
-                log.error("loading %s failed", spec.name, exc_info=exc)
+                log.error("loading %s failed", name, exc_info=exc)
                 if is_oom(exc):
-                    raise OutOfMemory(f"not enough memory to load model '{spec.name}'") from exc
+                    raise OutOfMemory(f"not enough memory to load model '{name}'") from exc
                 raise ModelLoadFailed(
-                    f"model '{spec.name}' failed to load; see the server log",
+                    f"model '{name}' failed to load; see the server log",
                     details=type(exc).__name__,
                 ) from exc
         # What a load creates lives until the unload: collect its garbage now, then freeze
@@ -411,12 +501,14 @@ class ModelManager:
         gc.collect()
         gc.freeze()
         slot.load_seconds = time.monotonic() - t0
+        slot.quant_bits = fit.quant_bits
         log.info(
-            "loaded %s on %s (%s) in %.2fs, %.2f GB (estimated %.2f GB)",
-            spec.name, plan.device, plan.dtype_name, slot.load_seconds, lm.bytes / GB, need / GB,
+            "loaded %s on %s (%s, %s) in %.2fs, %.2f GB (estimated %.2f GB)",
+            name, plan.device, plan.dtype_name, bits_name(fit.quant_bits), slot.load_seconds,
+            lm.bytes / GB, fit.total_bytes / GB,
         )  # fmt: skip
         if self.hooks:
-            self.hooks.on_load(spec.name, slot.load_seconds)
+            self.hooks.on_load(name, slot.load_seconds)
         return lm
 
 

@@ -85,7 +85,9 @@ class _StateCollector:
             "mmserve_model_loaded", "1 if the model is loaded", labels=["model"]
         )
         size = GaugeMetricFamily(
-            "mmserve_model_bytes", "Bytes held by a loaded model", labels=["model"]
+            "mmserve_model_bytes",
+            "Bytes held by a loaded model, at the quantization it runs (none, 8 or 4 bits)",
+            labels=["model", "quant_bits"],
         )
         waiting = GaugeMetricFamily(
             "mmserve_model_waiting_requests", "Requests waiting for a model", labels=["model"]
@@ -93,7 +95,8 @@ class _StateCollector:
         for name in self.runtime.table:
             st = manager.status_of(name)
             loaded.add_metric([name], 1.0 if st["state"] == "loaded" else 0.0)
-            size.add_metric([name], float(st["bytes"]))
+            bits = "none" if st["quant_bits"] is None else str(st["quant_bits"])
+            size.add_metric([name, bits], float(st["bytes"]))
             waiting.add_metric([name], float(st["waiting"]))
         yield loaded
         yield size

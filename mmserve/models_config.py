@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +17,7 @@ CAPABILITIES = ("text", "image", "audio", "video")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SOURCE_TYPES = ("hub", "pypi_gguf", "pypi_dir")
+ROOT = Path(__file__).resolve().parent.parent
 
 # The table is data: adding a model is one entry here or in a --models-config file.
 MODELS_CONFIG: list[dict] = [
@@ -121,7 +125,10 @@ class ModelSpec:
     loader_class: str | None = None
     processor_class: str | None = None
     dtype: str = "auto"
-    quantization: int | None = None
+    quantization: int | None = None  # bits of a fixed choice; the first choice of a list
+    # Choices tried in order at load, the first that fits wins: (q,) for a fixed entry;
+    # `quantization: auto` is (None, 8, 4); a list such as [null, 8, 4] is taken as given.
+    quantization_choices: tuple = (None,)
     max_memory: dict | None = None
     keep_alive: float | None = None  # None: the server default
     capabilities: tuple[str, ...] = ("text",)
@@ -129,17 +136,42 @@ class ModelSpec:
     reasoning: bool = False  # the chat template opens <think>: output starts inside reasoning
     generation: dict = field(default_factory=dict)
     owned_by: str = "mmserve"
+    origin: str | None = None  # the --models-config file the entry came from (not a table field)
 
     def path(self, models_dir: Path) -> Path:
         """Where the weights live; always inside models_dir."""
         return Path(models_dir) / self.local_dir
 
-    def download_command(self) -> str:
-        return f"python utils/download_model.py {self.name}"
+    def download_command(self, models_dir: Path | None = None) -> str:
+        """A shell command that fetches this entry as printed: this server's own interpreter
+        running main.py --download, with the config file and models folder it needs."""
+        argv = [sys.executable, str(ROOT / "main.py")]
+        if self.origin:
+            argv += ["--models-config", self.origin]
+        if models_dir is not None and Path(models_dir).resolve() != (ROOT / "models").resolve():
+            argv += ["--models-dir", str(Path(models_dir).resolve())]
+        return shlex.join(argv + ["--download", self.name])
 
 
 def _fail(name: str, field_name: str, why: str):
     raise ConfigError(f"model '{name}': field '{field_name}' {why}")
+
+
+def _quantization_choices(name: str, value) -> tuple:
+    """none | 4 | 8 | auto | a list of those: the bits tried in order (None = full precision)."""
+    if value == "auto":
+        return (None, 8, 4)
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        _fail(name, "quantization", "must be none, 4, 8, auto or a non-empty list of those")
+    out = []
+    for item in items:
+        if item in (None, 0, "none", "None", ""):
+            item = None
+        if item is not None and (isinstance(item, bool) or item not in (4, 8)):
+            _fail(name, "quantization", "must be none, 4, 8, auto or a non-empty list of those")
+        out.append(item)
+    return tuple(out)
 
 
 def validate_entry(raw: dict) -> ModelSpec:
@@ -149,7 +181,7 @@ def validate_entry(raw: dict) -> ModelSpec:
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ConfigError(f"model '{name}': field 'name' must be URL-safe (letters, digits, . _ -)")
-    known = set(ModelSpec.__dataclass_fields__)
+    known = set(ModelSpec.__dataclass_fields__) - {"origin", "quantization_choices"}
     for key in raw:
         if key not in known:
             _fail(name, key, "is not a known field")
@@ -175,11 +207,7 @@ def validate_entry(raw: dict) -> ModelSpec:
     dtype = raw.get("dtype", "auto")
     if dtype not in DTYPES:
         _fail(name, "dtype", f"must be one of {', '.join(DTYPES)}")
-    quant = raw.get("quantization")
-    if quant in (0, "none", "None", ""):
-        quant = None
-    if quant is not None and quant not in (4, 8):
-        _fail(name, "quantization", "must be none, 4 or 8")
+    choices = _quantization_choices(name, raw.get("quantization"))
     caps = raw.get("capabilities", ["text"])
     if not isinstance(caps, (list, tuple)) or not caps or any(c not in CAPABILITIES for c in caps):
         _fail(name, "capabilities", f"must be a non-empty list of {', '.join(CAPABILITIES)}")
@@ -219,7 +247,8 @@ def validate_entry(raw: dict) -> ModelSpec:
         loader_class=raw.get("loader_class"),
         processor_class=raw.get("processor_class"),
         dtype=dtype,
-        quantization=quant,
+        quantization=choices[0],
+        quantization_choices=choices,
         max_memory=max_memory,
         keep_alive=keep_alive,
         capabilities=tuple(caps),
@@ -257,17 +286,22 @@ def build_table(
 ) -> dict[str, ModelSpec]:
     """The validated table: built-ins, then the file's entries, then `extra`; later names override."""
     merged: dict[str, dict] = {}
-    sources = [] if replace else [MODELS_CONFIG]
+    origin: dict[str, str] = {}  # entries a --models-config file added or changed
+    sources = [(None, [] if replace else MODELS_CONFIG)]
     if config_file:
-        sources.append(read_config_file(config_file))
-    sources.append(extra or [])
-    for entries in sources:
+        sources.append((str(Path(config_file).resolve()), read_config_file(config_file)))
+    sources.append((None, extra or []))
+    for source, entries in sources:
         for raw in entries:
             if not isinstance(raw, dict) or "name" not in raw:
                 raise ConfigError("every model entry needs a 'name'")
             base = merged.get(raw["name"], {})
             merged[raw["name"]] = {**base, **raw}
+            if source:
+                origin[raw["name"]] = source
     table = {name: validate_entry(raw) for name, raw in merged.items()}
+    for name, source in origin.items():
+        table[name] = dataclasses.replace(table[name], origin=source)
     dirs: dict[str, str] = {}
     for spec in table.values():
         if spec.local_dir in dirs:

@@ -40,6 +40,10 @@ class Settings:
     text_cache_len: int = 256  # static cache tokens at least; longer requests round up to 2^n
     max_queue: int = 32  # requests waiting per model before 429
     queue_timeout: float = 300.0  # seconds a request may wait for its model before 503
+    # A streamed request waiting for a turn or a load sends a status line this often
+    # (native NDJSON {"status": "loading", ...}; /v1 an SSE comment line)
+    stream_status_seconds: float = 2.0
+    materialise_at_start: bool = True  # embedded models not on disk are built in the background
     allow_cpu_fallback: bool = True
     max_body_mb: float = 64.0
     max_new_tokens_limit: int = 4096

@@ -74,6 +74,7 @@ def make_app(tiny_models_dir, tmp_path):
             "tmp_dir": tmp_path / "tmp",
             "log_dir": tmp_path / "logs",
             "default_keep_alive": -1,
+            "materialise_at_start": False,
         }
         config.update(settings)
         app = create_app(config)

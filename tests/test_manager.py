@@ -31,10 +31,10 @@ def count_loads(monkeypatch):
     calls = []
     real = manager_mod.load_model
 
-    def counting(spec, path, plan, handler):
+    def counting(spec, path, plan, handler, **kwargs):
         calls.append(spec.name)
         time.sleep(0.2)  # widen the race window
-        return real(spec, path, plan, handler)
+        return real(spec, path, plan, handler, **kwargs)
 
     monkeypatch.setattr(manager_mod, "load_model", counting)
     return calls
@@ -130,16 +130,17 @@ def test_four_bit_load_through_bitsandbytes_on_cpu(make_app):
     assert rt.service.generate(ask("tiny_text")).completion_tokens > 0
 
 
-def test_offline_model_not_on_disk_is_503_with_the_command(make_app):
+def test_offline_model_not_on_disk_is_404_with_the_command(make_app):
     entry = tiny_entry("tiny_text", name="missing", local_dir="not-there")
     rt = runtime_of(make_app([entry]))
     with pytest.raises(ModelNotDownloaded) as info:
         rt.service.generate(ask("missing"))
-    assert info.value.status == 503
-    assert "python utils/download_model.py missing" in info.value.message
+    assert info.value.status == 404 and info.value.code == "model_not_downloaded"
+    assert "main.py --models-dir" in info.value.message
+    assert info.value.message.endswith("--download missing")
 
 
-def test_failed_load_is_503_and_the_next_good_request_works(make_app, tiny_models_dir, tmp_path):
+def test_failed_load_is_500_and_the_next_good_request_works(make_app, tiny_models_dir, tmp_path):
     import shutil
 
     broken = tiny_models_dir / "broken"
@@ -160,3 +161,14 @@ def test_failed_load_is_503_and_the_next_good_request_works(make_app, tiny_model
         rt.service.generate(ask("broken"))
     assert rt.manager.status_of("broken")["state"] == "unloaded"
     assert rt.service.generate(ask("tiny_text")).completion_tokens > 0
+
+
+def test_auto_quantization_that_fits_nowhere_is_503_with_the_plans(make_app):
+    entry = tiny_entry("tiny_text", quantization="auto")
+    client = make_app([entry], ram_budget_gb=100_000 / 1024**3).test_client()
+    r = client.post("/generate/tiny_text", json={"prompt": "x"})
+    assert r.status_code == 503 and r.get_json()["code"] == "out_of_memory"
+    assert r.headers["Retry-After"]
+    plans = r.get_json()["details"]["plans"]
+    assert [p["quant_bits"] for p in plans] == [None, 8, 4]
+    assert not any(p["fits"] for p in plans) and all(p["still_short_bytes"] > 0 for p in plans)

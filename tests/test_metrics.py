@@ -40,7 +40,7 @@ def test_metrics_follow_requests_loads_and_unloads(make_app):
     assert m["mmserve_model_loads_total{model=tiny_text}"] == 1
     assert m["mmserve_model_load_seconds_count{model=tiny_text}"] == 1
     assert m["mmserve_model_loaded{model=tiny_text}"] == 1
-    assert m["mmserve_model_bytes{model=tiny_text}"] > 0
+    assert m["mmserve_model_bytes{model=tiny_text,quant_bits=none}"] > 0
     assert m["mmserve_queue_depth{}"] == 0
     assert "mmserve_gpu_free_bytes{}" in m
     client.post("/admin/unload/tiny_text")

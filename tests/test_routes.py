@@ -157,16 +157,27 @@ def test_cleanup_temp_route(make_app, tmp_path):
     assert body["removed_files"] == 1 and body["status"]["file_count"] == 0
 
 
-def test_offline_missing_model_503_names_the_command(make_app):
+def test_offline_missing_model_404_names_the_command(make_app):
+    """Issue 11 item 9: permanent, so 404 model_not_downloaded without Retry-After."""
     client = make_app([tiny_entry("tiny_text", name="ghost", local_dir="ghost")]).test_client()
     r = client.post("/generate/ghost", json={"prompt": "x"})
-    assert r.status_code == 503
-    assert "python utils/download_model.py ghost" in r.get_json()["error"]
+    assert r.status_code == 404 and r.get_json()["code"] == "model_not_downloaded"
+    assert "Retry-After" not in r.headers
+    assert r.get_json()["error"].endswith(
+        "main.py --models-dir "
+        + str(client.application.extensions["mmserve"].settings.models_dir.resolve())
+        + " --download ghost"
+    )
+    r = client.post("/v1/chat/completions", json={"model": "ghost", "messages": [
+        {"role": "user", "content": "x"}]})  # fmt: skip
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "model_not_downloaded"
 
 
 def test_error_bodies_hold_no_paths_or_reprs(make_app, tiny_models_dir):
     client = make_app([tiny_entry("tiny_text", name="ghost", local_dir="ghost")]).test_client()
     text = client.post("/generate/ghost", json={"prompt": "x"}).get_data(as_text=True)
+    # the fetch command names the models folder on purpose (it must work as printed)
+    text = text.split("fetch it with:")[0]
     assert str(tiny_models_dir) not in text
     assert not re.search(r"0x[0-9a-f]{6,}|Traceback|<.*object at", text)
 
@@ -211,3 +222,31 @@ def test_a_stream_closed_before_its_first_item_releases_the_model(make_app):
     assert rt.manager.status_of("tiny_text")["ref_count"] == 1
     stream.close()
     assert rt.manager.status_of("tiny_text")["ref_count"] == 0
+
+
+def test_streams_waiting_for_a_load_send_status_lines_first(make_app, monkeypatch):
+    """Issue 15 item 3: native NDJSON {"status": "loading"} lines and /v1 SSE comment lines
+    (ignored by OpenAI clients) while a slow load runs, then the answer."""
+    import time
+
+    import mmserve.manager as manager_mod
+
+    real = manager_mod.load_model
+
+    def slow(*args, **kwargs):
+        time.sleep(0.8)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(manager_mod, "load_model", slow)
+    client = make_app(stream_status_seconds=0.2).test_client()
+    r = client.post("/generate/tiny_text", json={"prompt": "x", "stream": True})
+    lines = [json.loads(x) for x in r.get_data(as_text=True).splitlines() if x]
+    assert lines[0]["status"] == "loading" and lines[0]["model"] == "tiny_text"
+    assert lines[0]["queue_position"] is None  # admitted; waiting for the load itself
+    assert lines[-1]["done"] is True
+    client.post("/admin/unload/tiny_text")
+    body = {"model": "tiny_text", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    text = client.post("/v1/chat/completions", json=body).get_data(as_text=True)
+    events = [e for e in text.split("\n\n") if e]
+    assert events[0].startswith(': {"status": "loading"')
+    assert events[-1] == "data: [DONE]" and any(e.startswith("data: {") for e in events)

@@ -58,7 +58,8 @@ def test_admin_and_errors_on_the_real_server(live_server):
         is False
     )
     r = requests.post(live_server.url + "/generate/deepseek", json={"prompt": "hi"}, timeout=30)
-    assert r.status_code == 503
-    assert "python utils/download_model.py deepseek" in r.json()["error"]
+    assert r.status_code == 404 and r.json()["code"] == "model_not_downloaded"
+    assert "Retry-After" not in r.headers  # permanent: nothing to retry (issue 11 item 9)
+    assert r.json()["error"].endswith(" --download deepseek")
     r = requests.post(live_server.url + "/generate/smollm2", data="nope", timeout=30)
     assert r.status_code == 400

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 
 import pytest
 
@@ -12,6 +14,7 @@ from mmserve.eviction import Candidate, choose_victims
 from mmserve.generation import StopText
 from mmserve.models_config import MODELS_CONFIG, ConfigError, build_table, validate_entry
 from mmserve.settings import Settings
+from tests.conftest import ROOT
 
 
 # --- model table ----------------------------------------------------------------------------
@@ -66,7 +69,8 @@ def test_entry_defaults_and_quantization_none():
     assert spec.keep_alive == 600
     assert spec.local_dir == "m1"
     assert spec.capabilities == ("text",)
-    assert spec.download_command() == "python utils/download_model.py m1"
+    assert spec.download_command() == shlex.join([sys.executable, str(ROOT / "main.py"),
+                                                  "--download", "m1"])  # fmt: skip
 
 
 def test_config_file_adds_and_overrides(tmp_path):
@@ -172,3 +176,29 @@ def test_errors_are_sanitised():
         "details": "invalid_request_error",
         "param": "x",
     }
+
+
+# --- planner and quantization choices (issue 15) ------------------------------------------
+def test_quantization_auto_and_lists_are_ordered_choices():
+    assert validate_entry(good(quantization="auto")).quantization_choices == (None, 8, 4)
+    spec = validate_entry(good(quantization=[8, 4]))
+    assert spec.quantization_choices == (8, 4) and spec.quantization == 8
+    assert validate_entry(good(quantization=4)).quantization_choices == (4,)
+    for bad in ("fast", [], [8, 3], True):
+        with pytest.raises(ConfigError, match="'quantization'"):
+            validate_entry(good(quantization=bad))
+
+
+def test_plan_fit_names_victims_and_what_would_still_not_fit(tmp_path):
+    from mmserve.planner import kv_cache_bytes, plan_fit
+
+    loaded = [cand("old", 40, 1), cand("new", 40, 2), cand("busy", 100, 0, in_use=True)]
+    plan = plan_fit("m", 8, 70, 0, 50, loaded)
+    assert plan.fits and [v["model"] for v in plan.evict] == ["old"]
+    plan = plan_fit("m", None, 200, 10, 50, loaded)
+    assert not plan.fits and plan.evict == [] and plan.still_short_bytes == 210 - 50 - 80
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"num_hidden_layers": 2, "num_attention_heads": 4,
+                               "num_key_value_heads": 2, "hidden_size": 64}))  # fmt: skip
+    assert kv_cache_bytes(cfg, 10, "float32") == 2 * 2 * 2 * 16 * 10 * 4
+    assert kv_cache_bytes(cfg, 0, "float32") == 0

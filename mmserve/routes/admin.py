@@ -1,11 +1,13 @@
-"""Admin routes: memory and model status, load/unload, cleanup of memory and temp files."""
+"""Admin routes: memory and model status, pull, fit plans, load/unload, cleanup."""
 
 from __future__ import annotations
 
+import json
 import time
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
+from ..errors import BadRequest
 from ..manager import collect
 from ..memory import GB
 from ..runtime import get_runtime
@@ -29,16 +31,12 @@ def model_status():
     rt = get_runtime()
     models = {}
     for name, spec in rt.table.items():
-        disk = rt.disk_report(name)
         models[name] = {
             "type": spec.family,
             "description": spec.description,
             "repo_id": spec.repo_id,
             "path": f"models/{spec.local_dir}",
-            "path_exists": disk["path_exists"],
-            "on_disk_complete": disk["complete"],
-            "disk_bytes": disk["bytes"],
-            "quant_bits": spec.quantization,
+            **rt.availability(name),
             "capabilities": list(spec.capabilities),
             **rt.manager.status_of(name),
         }
@@ -63,6 +61,49 @@ def load(model: str):
     keep_alive = get_keep_alive(body) if isinstance(body, dict) else None
     status = rt.manager.load(model, keep_alive)
     return jsonify({"model": model, **status})
+
+
+@bp.post("/pull/<model>")
+def pull(model: str):
+    """Fetch a model's files (Hub, resumable; or materialise an embedded one), streaming
+    Ollama-style NDJSON progress lines; a second pull of the same model joins the first.
+    Closing the connection leaves the fetch running (and the disk consistent)."""
+    rt = get_runtime()
+    g.model = model
+    job = rt.fetcher.pull(rt.manager.spec(model))
+
+    def lines():
+        for line in job.follow():
+            yield json.dumps(line) + "\n"
+
+    return Response(lines(), mimetype="application/x-ndjson")
+
+
+@bp.get("/plan/<model>")
+def plan(model: str):
+    """What loading a model would take now, changing nothing: ?quantization=none|8|4 (default:
+    the entry's own choices) and ?context=N tokens of KV cache."""
+    rt = get_runtime()
+    g.model = model
+    rt.manager.spec(model)
+    bits = ...
+    raw = request.args.get("quantization")
+    if raw is not None:
+        if raw not in ("none", "8", "4"):
+            raise BadRequest("quantization must be none, 8 or 4", param="quantization")
+        bits = None if raw == "none" else int(raw)
+    raw = request.args.get("context", "0")
+    if not raw.isdigit() or int(raw) > 10_000_000:
+        raise BadRequest("context must be a whole number of tokens", param="context")
+    plans = rt.manager.plan(model, bits, int(raw))
+    chosen = next((p for p in plans if p.fits), plans[-1])
+    return jsonify(
+        {
+            **chosen.to_dict(),
+            "device": rt.manager.device,
+            "choices": [p.to_dict() for p in plans],
+        }
+    )
 
 
 @bp.post("/unload/<model>")

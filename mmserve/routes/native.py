@@ -12,6 +12,7 @@ from ..errors import to_server_error
 from ..runtime import get_runtime
 from ..schemas.fields import read_json
 from ..schemas.native import parse_embed, parse_generate
+from ..waiting import first_ready, start_with_status
 
 bp = Blueprint("native", __name__)
 log = logging.getLogger("mmserve.native")
@@ -54,10 +55,23 @@ def generate(model: str):
         if result.audio_wav_base64:
             out["audio"] = result.audio_wav_base64
         return jsonify(out)
-    events = rt.service.stream(req)
+    # Waiting for a turn or a load: after stream_status_seconds the response starts with
+    # {"status": "loading", ...} lines (every few seconds) so that clients do not time out.
+    waiting = start_with_status(
+        lambda: rt.service.stream(req), rt.manager, model, rt.settings.stream_status_seconds
+    )
+    events, status = first_ready(waiting)
 
     def ndjson():
+        nonlocal events
         try:
+            if events is None:
+                yield json.dumps(status) + "\n"
+                for item in waiting:
+                    if isinstance(item, tuple):
+                        events = item[1]
+                        break
+                    yield json.dumps(item) + "\n"
             for item in events:
                 if isinstance(item, str):
                     yield json.dumps({"response": item, "done": False}) + "\n"
@@ -71,7 +85,9 @@ def generate(model: str):
             err = to_server_error(exc)
             yield json.dumps({**err.native_body(), "done": True}) + "\n"
         finally:
-            events.close()
+            if events is not None:
+                events.close()
+            waiting.close()
 
     return Response(stream_with_context(ndjson()), mimetype="application/x-ndjson")
 

@@ -12,6 +12,7 @@ from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import openai as schema
 from ..schemas.fields import read_json
+from ..waiting import first_ready, start_with_status
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 DONE = "data: [DONE]\n\n"
@@ -44,6 +45,64 @@ class EventStream:
         self._source.close()
 
 
+def open_stream(rt, req, prompt_field: str | None = None):
+    """start_stream, made visible while it waits: (events, source, prefix). When the model is
+    ready within stream_status_seconds, prefix is None and errors raise now (own status);
+    otherwise prefix yields SSE comment lines (`: {"status": "loading", ...}`, which OpenAI
+    clients ignore) until the stream is ready, and events/source follow it."""
+    waiting = start_with_status(
+        lambda: start_stream(rt.service, req, prompt_field),
+        rt.manager,
+        req.model,
+        rt.settings.stream_status_seconds,
+    )
+    ready, status = first_ready(waiting)
+    if ready is not None:
+        return ready[0], ready[1], None
+    deferred = _Deferred(waiting, status)
+    return deferred, deferred, deferred.status_lines()
+
+
+class _Deferred:
+    """The events and source of a stream that is still waiting for its model."""
+
+    def __init__(self, waiting, first: dict):
+        self._waiting = waiting
+        self._first = first
+        self._events = self._source = None
+
+    def status_lines(self):
+        """SSE comments until the stream is ready; True then, False after an error event."""
+        try:
+            yield f": {json.dumps(self._first)}\n\n"
+            for item in self._waiting:
+                if isinstance(item, tuple):
+                    self._events, self._source = item[1]
+                    return True
+                yield f": {json.dumps(item)}\n\n"
+        except Exception as exc:  # noqa: BLE001 - reported in-band: headers are already sent
+            yield _failed(exc)
+            yield DONE
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._events)
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+        self._waiting.close()
+
+
+def _prefixed(prefix, events):
+    if prefix is not None and not (yield from prefix):
+        return
+    yield from events
+
+
 def start_stream(service, req, prompt_field: str | None = None):
     """The service stream advanced to its first item: errors before the first byte get their
     own status, and the stream is started, so closing it always reaches the service's cleanup."""
@@ -62,9 +121,11 @@ def _on_prompt(exc: ServerError, prompt_field: str | None) -> ServerError:
     return exc
 
 
-def _streamed(events, source) -> Response:
-    """The text/event-stream response over `events`, tied to the service stream `source`."""
-    return Response(EventStream(events, source), mimetype="text/event-stream", headers=_SSE_HEADERS)
+def _streamed(events, source, prefix=None) -> Response:
+    """The text/event-stream response over `events` (after the waiting lines of `prefix`),
+    tied to the service stream `source`."""
+    body = EventStream(_prefixed(prefix, events), source)
+    return Response(body, mimetype="text/event-stream", headers=_SSE_HEADERS)
 
 
 def _failed(exc: Exception) -> str:
@@ -74,9 +135,15 @@ def _failed(exc: Exception) -> str:
 
 @bp.get("/models")
 def list_models():
-    """Every table entry, with its live load state."""
+    """Every table entry, with its availability and live state; `?available=true` lists only
+    those that can answer now or after a fetch (availability not `missing`)."""
     rt = get_runtime()
+    only = request.args.get("available", "false").lower()
+    if only not in ("true", "false", "1", "0"):
+        raise BadRequest("available must be true or false", param="available")
     data = [_model_entry(rt, spec) for spec in rt.table.values()]
+    if only in ("true", "1"):
+        data = [m for m in data if m["availability"] != "missing"]
     return jsonify({"object": "list", "data": data})
 
 
@@ -93,7 +160,17 @@ def _model_entry(rt, spec) -> dict:
         created = int(spec.path(rt.settings.models_dir).stat().st_mtime)
     except OSError:
         created = 0
-    return schema.model_entry(spec, rt.manager.is_loaded(spec.name), created)
+    status = rt.manager.status_of(spec.name)
+    life = {
+        **rt.availability(spec.name),
+        "state": status["state"],
+        "stage": status["stage"],
+        "progress": status["progress"],
+        "quant_bits": status["quant_bits"],
+    }
+    for key in ("path_exists", "on_disk_complete"):
+        life.pop(key)
+    return schema.model_entry(spec, status["state"] == "loaded", created, life)
 
 
 @bp.post("/chat/completions")
@@ -112,9 +189,9 @@ def chat_completions():
         result = rt.service.generate(req)
         g.tokens = result.completion_tokens
         return jsonify(schema.chat_completion(result, req.model, key, opened))
-    events, source = start_stream(rt.service, req)
+    events, source, prefix = open_stream(rt, req)
     splitter = ReasoningSplitter(opened) if key else None
-    return _streamed(_chat_events(call, events, splitter, key), source)
+    return _streamed(_chat_events(call, events, splitter, key), source, prefix)
 
 
 def _chat_events(call, events, splitter, key):
@@ -159,8 +236,8 @@ def completions():
     g.model = call.requests[0].model
     if call.stream:
         req = call.requests[0]
-        events, source = start_stream(rt.service, req, req.messages[0].parts[0].field)
-        return _streamed(_completion_events(call, events), source)
+        events, source, prefix = open_stream(rt, req, req.messages[0].parts[0].field)
+        return _streamed(_completion_events(call, events), source, prefix)
     results = []
     for req in call.requests:
         try:

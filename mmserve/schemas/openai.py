@@ -464,8 +464,9 @@ def chat_completion(result, model: str, key: str | None, opened: bool) -> dict:
     )
 
 
-def model_entry(spec, loaded: bool, created: int) -> dict:
-    """One /v1/models entry: the OpenAI fields plus family, capabilities and load state."""
+def model_entry(spec, loaded: bool, created: int, life: dict | None = None) -> dict:
+    """One /v1/models entry: the OpenAI fields plus family, capabilities and load state, and
+    `life` (availability, state, sizes: see the README's /v1/models section)."""
     return {
         "id": spec.name,
         "object": "model",
@@ -474,6 +475,7 @@ def model_entry(spec, loaded: bool, created: int) -> dict:
         "family": spec.family,
         "capabilities": list(spec.capabilities),
         "loaded": loaded,
+        **(life or {}),
     }
 
 
