@@ -1,0 +1,184 @@
+"""One engine replica: the single server's Flask app (manager + service), multiplexed by model.
+
+Routing rules:
+- A request's model is its multiplexed model id. `hold` (Ray Serve's multiplexed
+  loader) loads it through our manager, so Ray's router sends the model's next
+  requests here and sends a cold model to the replica with the fewest models.
+- Our manager, not Ray's LRU, decides evictions (by memory). Its unload hook drops
+  the model from the multiplexed set and pushes the set again, so routing learns
+  it; its load hook (admin loads, preloads) adds it.
+- Each replica also holds `replica:<id>`, so the ingress can reach one replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+
+from ray import serve
+
+from .routing import REPLICA_PREFIX, replica_model_id
+
+log = logging.getLogger("mmserve.cluster")
+_END = object()
+_MUX_ATTR = "__serve_multiplex_wrapper"  # where @serve.multiplexed keeps its model cache
+_DROP_HEADERS = {"content-length", "transfer-encoding", "connection"}
+
+
+class RoutingHooks:
+    """The manager's hooks, forwarded unchanged, plus load/unload callbacks for routing."""
+
+    def __init__(self, inner, on_load, on_unload):
+        self._inner, self._on_load, self._on_unload = inner, on_load, on_unload
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def on_load(self, name: str, seconds: float) -> None:
+        if self._inner is not None:
+            self._inner.on_load(name, seconds)
+        self._on_load(name)
+
+    def on_unload(self, name: str, reason: str) -> None:
+        if self._inner is not None:
+            self._inner.on_unload(name, reason)
+        self._on_unload(name)
+
+
+class Engine:
+    """A Ray Serve replica running one mmserve app; `handle` answers one forwarded HTTP request."""
+
+    async def __init__(self, config: dict):
+        """`config` holds Settings fields, as `create_app(config)` takes them."""
+        from app import create_app
+
+        self.app = await asyncio.to_thread(create_app, config)
+        self.runtime = self.app.extensions["mmserve"]
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.self_id = replica_model_id(self.replica)
+        self.pid = os.getpid()
+        self._loop = asyncio.get_running_loop()
+        manager = self.runtime.manager
+        manager.hooks = RoutingHooks(manager.hooks, self._loaded, self._unloaded)
+        await self.hold(self.self_id)
+        for name in manager.loaded_models():  # preloaded before the hooks were in place
+            self._loaded(name)
+        log.info("engine replica %s ready (pid %d)", self.replica, self.pid)
+
+    # --- multiplexing ---------------------------------------------------------
+    @serve.multiplexed(max_num_models_per_replica=-1)  # our manager evicts, by memory
+    async def hold(self, model_id: str) -> str:
+        """Load `model_id` through our manager (no-op for this replica's own id)."""
+        if model_id != self.self_id:
+            await asyncio.to_thread(self.runtime.manager.load, model_id)
+        return model_id
+
+    def _mux(self):
+        return getattr(self, _MUX_ATTR, None)
+
+    def _loaded(self, name: str) -> None:
+        """Manager hook (any thread): `name` is loaded here; tell the router."""
+        self._loop.call_soon_threadsafe(self._set_routed, name, True)
+
+    def _unloaded(self, name: str) -> None:
+        """Manager hook (any thread): `name` left this replica; tell the router."""
+        self._loop.call_soon_threadsafe(self._set_routed, name, False)
+
+    def _set_routed(self, name: str, present: bool) -> None:
+        mux = self._mux()
+        if mux is None:
+            return
+        changed = (name not in mux.models) if present else (name in mux.models)
+        if not changed:
+            return
+        if present:
+            mux.models[name] = name
+        else:
+            mux.models.pop(name, None)
+        mux._push_multiplexed_replica_info = True  # pushed to the controller within 0.1 s
+
+    # --- requests -------------------------------------------------------------
+    def where(self) -> dict:
+        """This replica's id, pid and loaded models (the ingress's routing probe)."""
+        return {
+            "replica": self.replica,
+            "pid": self.pid,
+            "loaded": self.runtime.manager.loaded_models(),
+        }
+
+    async def handle(self, req: dict):
+        """Answer one HTTP request through the Flask app; stream it back.
+
+        `req` has method, path, query (str), headers (list of pairs), body (bytes)
+        and client (address). Yields first a dict {status, headers, replica, pid,
+        loaded}, then the body as bytes chunks. Errors become responses in the
+        route's envelope (errors.py); nothing is raised to the ingress.
+        """
+        model = serve.get_multiplexed_model_id()
+        error = None
+        if model.startswith(REPLICA_PREFIX) and model != self.self_id:
+            from ..errors import Unavailable
+
+            error = Unavailable(
+                f"replica '{model[len(REPLICA_PREFIX):]}' is not reachable now",
+                code="replica_unavailable",
+                headers={"Retry-After": "1"},
+            )
+        elif model == self.self_id or model in self.runtime.table:
+            try:
+                await self.hold(model)
+            except Exception as exc:  # noqa: BLE001 - rendered in the route's envelope below
+                error = exc
+        response = await asyncio.to_thread(self._respond, req, error)
+        yield {
+            "status": response.status_code,
+            "headers": [
+                (k, v) for k, v in response.headers.items() if k.lower() not in _DROP_HEADERS
+            ],
+            **self.where(),
+        }
+        body = iter(response.response)
+        pending = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(asyncio.to_thread(next, body, _END))
+                chunk = await asyncio.shield(pending)
+                pending = None
+                if chunk is _END:
+                    break
+                yield chunk if isinstance(chunk, bytes) else chunk.encode()
+        finally:
+            # Closing ends a stream's generation and releases its model; never while the
+            # worker thread is still inside next() (a running generator cannot be closed).
+            if pending is None:
+                threading.Thread(target=response.close, daemon=True).start()
+            else:
+                pending.add_done_callback(
+                    lambda _f: threading.Thread(target=response.close, daemon=True).start()
+                )
+
+    def _respond(self, req: dict, error: BaseException | None):
+        """The Flask response to `req` (not buffered: a stream stays a generator)."""
+        if error is not None:
+            from ..errors import to_server_error
+            from ..http import render_error
+
+            with self.app.test_request_context(req["path"], method=req["method"]):
+                return render_error(to_server_error(error))
+        client = self.app.test_client()
+        return client.open(
+            req["path"],
+            method=req["method"],
+            query_string=req["query"],
+            headers=req["headers"],
+            data=req["body"],
+            environ_base={"REMOTE_ADDR": req.get("client") or "127.0.0.1"},
+            buffered=False,
+        )
+
+    def __del__(self):
+        close = getattr(getattr(self, "app", None), "extensions", {}).get("mmserve_close")
+        if close is not None:
+            close(5)

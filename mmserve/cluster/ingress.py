@@ -1,0 +1,162 @@
+"""The cluster's HTTP ingress: routes each request by model to an engine replica, streams back.
+
+Routing rules:
+- A request naming a model goes to `engine.options(multiplexed_model_id=model)`:
+  Ray Serve's router picks a replica holding it, or for a cold model the replica
+  with the fewest models.
+- Cold models are single-flight here: the first request for a model this ingress
+  has not seen served goes alone; the others wait until it is loaded and the
+  router routes the model to its replica, so N concurrent first requests load once.
+- A replica that dies fails its requests in flight with 503 and Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..errors import ServerError, Unavailable
+from ..http import is_openai_path
+from .admin import AdminMixin
+from .routing import model_of
+
+log = logging.getLogger("mmserve.cluster")
+REPLICA_HEADER = "X-MMServe-Replica"
+_FAULTS = (RayActorError, DeploymentUnavailableError, BackPressureError)
+_ROUTING_WAIT_S = 3.0  # longest a cold model's followers wait for the router to learn it
+_ROUTING_HITS = 4  # consecutive probes that must land on the model's replica
+
+
+class ReplicaFailed(Unavailable):
+    code = "replica_failed"
+
+
+def error_response(err: ServerError, path: str) -> JSONResponse:
+    """`err` in the envelope of the route family (OpenAI under /v1, native elsewhere)."""
+    body = err.openai_body() if is_openai_path(path) else err.native_body()
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+def replica_failed(path: str, exc: BaseException) -> JSONResponse:
+    log.warning("request %s failed on its replica: %s", path, type(exc).__name__)
+    return error_response(
+        ReplicaFailed(
+            "the replica serving this request stopped; retry it",
+            details="replica_failed",
+            headers={"Retry-After": "1"},
+        ),
+        path,
+    )
+
+
+class Ingress(AdminMixin):
+    """Ray Serve deployment answering HTTP; `engine` is the handle of the Engine deployment."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._placed: dict[str, str] = {}  # model -> replica seen serving it (not authoritative)
+        self._cold: dict[str, asyncio.Lock] = {}
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path
+        req = {
+            "method": request.method,
+            "path": path,
+            "query": request.url.query,
+            "headers": [
+                (k, v) for k, v in request.headers.items() if k.lower() != "content-length"
+            ],
+            "body": await request.body(),
+            "client": request.client.host if request.client else None,
+        }
+        if path == "/health":
+            return await self.health()
+        if path == "/metrics":
+            return await self.metrics()
+        if path.startswith("/admin/"):
+            return await self.admin(req, request.query_params.get("replica"))
+        ctype = request.headers.get("content-type", "")
+        return await self.forward(req, model_of(req["method"], path, req["body"], ctype))
+
+    # --- forwarding -----------------------------------------------------------
+    async def forward(self, req: dict, model: str | None, target: str | None = None) -> Response:
+        """Send `req` to a replica (by `model`, or `target` = a replica's multiplexed id)."""
+        if model and target is None and model not in self._placed:
+            lock = self._cold.setdefault(model, asyncio.Lock())
+            async with lock:
+                if model not in self._placed:
+                    return await self._send(req, model, leader=True)
+        return await self._send(req, target or model)
+
+    async def _send(self, req: dict, mux_id: str | None, leader: bool = False) -> Response:
+        handle = self.engine.options(stream=True, multiplexed_model_id=mux_id or "")
+        gen = handle.handle.remote(req)
+        try:
+            head = await gen.__anext__()
+        except _FAULTS as exc:
+            self._forget_replica(None)
+            return replica_failed(req["path"], exc)
+        self._learn(head)
+        model = mux_id if mux_id in head["loaded"] else None
+        if leader and model is not None:
+            self._placed[model] = head["replica"]
+            await self._await_routing(model, head["replica"])
+        headers = dict(head["headers"])
+        headers[REPLICA_HEADER] = head["replica"]
+        return StreamingResponse(
+            self._body(gen, req["path"], head["replica"]),
+            status_code=head["status"],
+            headers=headers,
+        )
+
+    async def _body(self, gen, path: str, replica: str):
+        try:
+            async for chunk in gen:
+                yield chunk
+        except _FAULTS as exc:
+            # Headers are sent: end the body with an error line in the stream's own format.
+            self._forget_replica(replica)
+            log.warning("stream %s cut: replica %s stopped (%s)", path, replica, exc)
+            err = ReplicaFailed("the replica serving this stream stopped; retry it")
+            if is_openai_path(path):
+                import json
+
+                yield f"data: {json.dumps(err.openai_body())}\n\n".encode()
+            else:
+                import json
+
+                yield (json.dumps({**err.native_body(), "done": True}) + "\n").encode()
+
+    def _learn(self, head: dict) -> None:
+        """Forget models that this replica reports it no longer holds (evicted there)."""
+        replica, loaded = head["replica"], set(head["loaded"])
+        for model, where in list(self._placed.items()):
+            if where == replica and model not in loaded:
+                del self._placed[model]
+
+    def _forget_replica(self, replica: str | None) -> None:
+        """After a replica failure: its models are cold again (all, if we do not know which)."""
+        for model, where in list(self._placed.items()):
+            if replica is None or where == replica:
+                del self._placed[model]
+
+    async def _await_routing(self, model: str, replica: str) -> None:
+        """Wait until Ray's router sends `model` to `replica` (its id is pushed via the
+        controller, ~0.1-0.3 s), so the waiting followers do not load it elsewhere."""
+        deadline = time.monotonic() + _ROUTING_WAIT_S
+        hits = 0
+        while hits < _ROUTING_HITS and time.monotonic() < deadline:
+            try:
+                seen = await self.engine.options(multiplexed_model_id=model).where.remote()
+            except _FAULTS:
+                return
+            hits = hits + 1 if seen["replica"] == replica else 0
+            if hits == 0:
+                await asyncio.sleep(0.05)
