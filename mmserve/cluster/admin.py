@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import ray
+from ray.exceptions import RayTaskError
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -51,8 +52,9 @@ class AdminMixin:
             gen = handle.handle.remote(req)
             head = await gen.__anext__()
             body = b"".join([chunk async for chunk in gen])
-        except _FAULTS as exc:
+        except (*_FAULTS, RayTaskError) as exc:
             return 503, json.dumps({"error": f"replica stopped: {type(exc).__name__}"}).encode(), {}
+        self._learn(head)
         return head["status"], body, head
 
     async def fan_out(self, req: dict, replicas: list[str]) -> dict[str, tuple[int, bytes, dict]]:

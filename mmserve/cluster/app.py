@@ -68,13 +68,13 @@ def run_local(args: dict, host: str, port: int, object_store_mb: int = 200) -> i
     def stop(_signum, _frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
     ray.init(
         include_dashboard=False,
         object_store_memory=object_store_mb * 1024 * 1024,
         runtime_env={"env_vars": env},
         log_to_driver=True,
     )
+    signal.signal(signal.SIGTERM, stop)  # after ray.init, which installs its own handler
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build(args), name=APP_NAME, route_prefix="/", blocking=True)

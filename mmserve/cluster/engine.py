@@ -13,6 +13,7 @@ Routing rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -114,7 +115,8 @@ class Engine:
         `req` has method, path, query (str), headers (list of pairs), body (bytes)
         and client (address). Yields first a dict {status, headers, replica, pid,
         loaded}, then the body as bytes chunks. Errors become responses in the
-        route's envelope (errors.py); nothing is raised to the ingress.
+        route's envelope (errors.py); only an unexpected failure is raised (the
+        ingress answers it with 500).
         """
         model = serve.get_multiplexed_model_id()
         error = None
@@ -131,33 +133,49 @@ class Engine:
                 await self.hold(model)
             except Exception as exc:  # noqa: BLE001 - rendered in the route's envelope below
                 error = exc
-        response = await asyncio.to_thread(self._respond, req, error)
-        yield {
-            "status": response.status_code,
-            "headers": [
-                (k, v) for k, v in response.headers.items() if k.lower() not in _DROP_HEADERS
-            ],
-            **self.where(),
-        }
-        body = iter(response.response)
-        pending = None
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        threading.Thread(
+            target=self._pump, args=(req, error, queue, stop), name="engine-request", daemon=True
+        ).start()
         try:
-            while True:
-                pending = asyncio.ensure_future(asyncio.to_thread(next, body, _END))
-                chunk = await asyncio.shield(pending)
-                pending = None
-                if chunk is _END:
-                    break
-                yield chunk if isinstance(chunk, bytes) else chunk.encode()
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
-            # Closing ends a stream's generation and releases its model; never while the
-            # worker thread is still inside next() (a running generator cannot be closed).
-            if pending is None:
-                threading.Thread(target=response.close, daemon=True).start()
-            else:
-                pending.add_done_callback(
-                    lambda _f: threading.Thread(target=response.close, daemon=True).start()
-                )
+            stop.set()  # the client went away: the pump closes the response at its next chunk
+
+    def _pump(self, req: dict, error, queue: asyncio.Queue, stop: threading.Event) -> None:
+        """Run one request on this thread and feed `queue`: the head dict, body chunks, _END.
+
+        One thread from open to close: a streamed Flask response re-enters its request
+        context on every chunk, and context variables do not cross threads. Closing the
+        response ends a stream's generation and releases its model.
+        """
+        put = functools.partial(self._loop.call_soon_threadsafe, queue.put_nowait)
+        response = None
+        try:
+            response = self._respond(req, error)
+            headers = response.headers.items()
+            put(
+                {
+                    "status": response.status_code,
+                    "headers": [(k, v) for k, v in headers if k.lower() not in _DROP_HEADERS],
+                    **self.where(),
+                }
+            )
+            for chunk in response.response:
+                if stop.is_set():
+                    break
+                put(chunk if isinstance(chunk, bytes) else chunk.encode())
+        except Exception as exc:  # noqa: BLE001 - handed to the ingress, which answers 500
+            log.exception("request %s failed in the engine", req.get("path"))
+            put(RuntimeError(f"engine failure: {type(exc).__name__}"))
+        finally:
+            if response is not None:
+                response.close()
+            put(_END)
 
     def _respond(self, req: dict, error: BaseException | None):
         """The Flask response to `req` (not buffered: a stream stays a generator)."""

@@ -13,16 +13,17 @@ Routing rules:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..errors import ServerError, Unavailable
+from ..errors import InternalError, ServerError, Unavailable
 from ..http import is_openai_path
 from .admin import AdminMixin
 from .routing import model_of
@@ -103,6 +104,9 @@ class Ingress(AdminMixin):
         except _FAULTS as exc:
             self._forget_replica(None)
             return replica_failed(req["path"], exc)
+        except RayTaskError:
+            log.exception("request %s failed in its replica", req["path"])
+            return error_response(InternalError("internal error"), req["path"])
         self._learn(head)
         model = mux_id if mux_id in head["loaded"] else None
         if leader and model is not None:
@@ -117,21 +121,21 @@ class Ingress(AdminMixin):
         )
 
     async def _body(self, gen, path: str, replica: str):
+        """The replica's body chunks; a failure after the headers ends it with an error line
+        in the stream's own format (an SSE `data:` event under /v1, an NDJSON line natively)."""
         try:
             async for chunk in gen:
                 yield chunk
-        except _FAULTS as exc:
-            # Headers are sent: end the body with an error line in the stream's own format.
-            self._forget_replica(replica)
-            log.warning("stream %s cut: replica %s stopped (%s)", path, replica, exc)
-            err = ReplicaFailed("the replica serving this stream stopped; retry it")
+        except (*_FAULTS, RayTaskError) as exc:
+            if isinstance(exc, RayTaskError):
+                err: ServerError = InternalError("internal error")
+            else:
+                self._forget_replica(replica)
+                err = ReplicaFailed("the replica serving this response stopped; retry it")
+            log.warning("response %s cut on replica %s: %s", path, replica, type(exc).__name__)
             if is_openai_path(path):
-                import json
-
                 yield f"data: {json.dumps(err.openai_body())}\n\n".encode()
             else:
-                import json
-
                 yield (json.dumps({**err.native_body(), "done": True}) + "\n").encode()
 
     def _learn(self, head: dict) -> None:
