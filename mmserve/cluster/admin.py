@@ -6,16 +6,21 @@ import asyncio
 import json
 
 import ray
-from ray.exceptions import RayTaskError
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ray import serve
+from ray.exceptions import RayTaskError
 from starlette.responses import JSONResponse, Response
 
 from ..errors import NotFound
-from .routing import merge_memory_status, merge_metrics, merge_model_status, model_of
-from .routing import replica_model_id
+from .routing import (
+    merge_memory_status,
+    merge_metrics,
+    merge_model_status,
+    model_of,
+    replica_model_id,
+)
 
 _MERGED = {"/admin/model_status": merge_model_status, "/admin/memory_status": merge_memory_status}
 _EVERYWHERE = ("/admin/emergency_cleanup", "/admin/cleanup_temp")
