@@ -52,14 +52,11 @@ class AdminMixin:
         """Send `req` to one replica and read the whole answer: (status, body, head)."""
         from .ingress import _FAULTS
 
-        handle = self.engine.options(stream=True, multiplexed_model_id=replica_model_id(replica))
         try:
-            gen = handle.handle.remote(req)
-            head = await gen.__anext__()
+            head, gen = await self.open(req, replica_model_id(replica))
             body = b"".join([chunk async for chunk in gen])
         except (*_FAULTS, RayTaskError) as exc:
             return 503, json.dumps({"error": f"replica stopped: {type(exc).__name__}"}).encode(), {}
-        self._learn(head)
         return head["status"], body, head
 
     async def fan_out(self, req: dict, replicas: list[str]) -> dict[str, tuple[int, bytes, dict]]:
@@ -113,12 +110,16 @@ class AdminMixin:
         from .ingress import _FAULTS
 
         async def one(replica):
-            try:
-                handle = self.engine.options(multiplexed_model_id=replica_model_id(replica))
-                seen = await handle.where.remote()
-            except _FAULTS:
-                return None
-            return seen if seen["replica"] == replica else None
+            handle = self.engine.options(multiplexed_model_id=replica_model_id(replica))
+            for _ in range(20):  # the router may not have heard of a new replica yet
+                try:
+                    seen = await handle.where.remote()
+                except _FAULTS:
+                    return None
+                if seen["replica"] == replica:
+                    return seen
+                await asyncio.sleep(0.1)
+            return None
 
         seen = await asyncio.gather(*(one(r) for r in replicas))
         return {s["replica"]: s["loaded"] for s in seen if s}

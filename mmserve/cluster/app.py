@@ -43,8 +43,9 @@ def build(args: dict | None = None):
         health_check_period_s=2,
         health_check_timeout_s=30,
     )
+    # The ingress only awaits the engines (asyncio): like Serve's own proxy, it reserves no CPU.
     ingress = serve.deployment(
-        Ingress, name="Ingress", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000
+        Ingress, name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
     )
     return ingress.bind(engine.bind(dict(args.get("settings") or {})))
 

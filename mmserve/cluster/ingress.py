@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..errors import InternalError, ServerError, Unavailable
 from ..http import is_openai_path
 from .admin import AdminMixin
-from .routing import model_of
+from .routing import REPLICA_PREFIX, model_of
 
 log = logging.getLogger("mmserve.cluster")
 REPLICA_HEADER = "X-MMServe-Replica"
@@ -95,23 +95,42 @@ class Ingress(AdminMixin):
                     return await self._send(req, model, leader=True)
         return await self._send(req, target or model)
 
-    async def _send(self, req: dict, mux_id: str | None, leader: bool = False) -> Response:
+    async def open(self, req: dict, mux_id: str | None):
+        """Start `req` on a replica: (head, body generator). Raises the Ray fault, if any.
+
+        A request for one replica (`replica:<id>`) that the router sent elsewhere (it
+        had not heard of that replica yet) is refused there unprocessed, and sent
+        again here for up to 2 s.
+        """
         handle = self.engine.options(stream=True, multiplexed_model_id=mux_id or "")
-        gen = handle.handle.remote(req)
-        try:
+        target = (
+            mux_id[len(REPLICA_PREFIX) :] if mux_id and mux_id.startswith(REPLICA_PREFIX) else None
+        )
+        for _ in range(20):
+            gen = handle.handle.remote(req)
             head = await gen.__anext__()
+            self._learn(head)
+            if target is None or head["replica"] == target:
+                break
+            gen.cancel()
+            await asyncio.sleep(0.1)
+        return head, gen
+
+    async def _send(self, req: dict, mux_id: str | None, leader: bool = False) -> Response:
+        try:
+            head, gen = await self.open(req, mux_id)
         except _FAULTS as exc:
             self._forget_replica(None)
             return replica_failed(req["path"], exc)
         except RayTaskError:
             log.exception("request %s failed in its replica", req["path"])
             return error_response(InternalError("internal error"), req["path"])
-        self._learn(head)
         model = mux_id if mux_id in head["loaded"] else None
         if leader and model is not None:
             self._placed[model] = head["replica"]
             await self._await_routing(model, head["replica"])
-        headers = dict(head["headers"])
+        # Serve's proxy sets X-Request-ID itself (the same id: it reuses the client's).
+        headers = {k: v for k, v in head["headers"] if k.lower() != "x-request-id"}
         headers[REPLICA_HEADER] = head["replica"]
         return StreamingResponse(
             self._body(gen, req["path"], head["replica"]),
