@@ -6,8 +6,6 @@ import asyncio
 import json
 
 import ray
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import RayTaskError
@@ -16,9 +14,9 @@ from starlette.responses import JSONResponse, Response
 from ..errors import NotFound
 from .routing import (
     merge_memory_status,
-    merge_metrics,
     merge_model_status,
     model_of,
+    render_metrics,
     replica_model_id,
 )
 
@@ -28,14 +26,6 @@ _EVERYWHERE = ("/admin/emergency_cleanup", "/admin/cleanup_temp")
 
 def _get(path: str) -> dict:
     return {"method": "GET", "path": path, "query": "", "headers": [], "body": b"", "client": None}
-
-
-class _Families:
-    def __init__(self, families):
-        self.families = families
-
-    def collect(self):
-        return self.families
 
 
 class AdminMixin:
@@ -138,12 +128,4 @@ class AdminMixin:
         replicas = self.replicas()
         results = await self.fan_out(_get("/metrics"), replicas)
         texts = {r: res[1].decode() for r, res in results.items() if res[0] == 200}
-        families = merge_metrics(texts)
-        families.append(
-            GaugeMetricFamily(
-                "mmserve_cluster_replicas", "Engine replicas running", value=len(replicas)
-            )
-        )
-        registry = CollectorRegistry()
-        registry.register(_Families(families))
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(render_metrics(texts, len(replicas)), media_type=CONTENT_TYPE_LATEST)

@@ -6,6 +6,8 @@ import json
 import re
 import time
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -116,3 +118,25 @@ def merge_metrics(texts: dict[str, str]) -> list:
                 for s in samples
             )
     return list(families.values())
+
+
+class _Families:
+    """A collector yielding families that are already built."""
+
+    def __init__(self, families: list):
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+def render_metrics(texts: dict[str, str], replicas: int) -> bytes:
+    """The cluster's `/metrics` (Prometheus text format): `merge_metrics(texts)` plus the
+    gauge `mmserve_cluster_replicas` (engine replicas running)."""
+    families = merge_metrics(texts)
+    families.append(
+        GaugeMetricFamily("mmserve_cluster_replicas", "Engine replicas running", value=replicas)
+    )
+    registry = CollectorRegistry()
+    registry.register(_Families(families))
+    return generate_latest(registry)
