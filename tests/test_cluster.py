@@ -145,6 +145,7 @@ def test_admin_aggregates_and_targets_replicas(cluster):
     status = model_status(cluster)
     replicas = sorted(status["replicas"])
     assert len(replicas) == 2 and status["totals"]["replicas"] == 2
+    assert sorted(requests.get(cluster.url + "/health").headers[REPLICA].split(",")) == replicas
     assert all("models" in section and "pid" in section for section in status["replicas"].values())
     memory = requests.get(cluster.url + "/admin/memory_status", timeout=30).json()
     assert sorted(memory["replicas"]) == replicas and "models_loaded_gb" in memory["totals"]

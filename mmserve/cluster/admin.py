@@ -13,11 +13,13 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import NotFound
 from .routing import (
+    REPLICA_HEADER,
     merge_memory_status,
     merge_model_status,
     model_of,
     render_metrics,
     replica_model_id,
+    response_headers,
 )
 
 _MERGED = {"/admin/model_status": merge_model_status, "/admin/memory_status": merge_memory_status}
@@ -26,6 +28,11 @@ _EVERYWHERE = ("/admin/emergency_cleanup", "/admin/cleanup_temp")
 
 def _get(path: str) -> dict:
     return {"method": "GET", "path": path, "query": "", "headers": [], "body": b"", "client": None}
+
+
+def _answered(results: dict) -> dict[str, str]:
+    """The replica header of an aggregated answer: every replica that answered, comma-separated."""
+    return {REPLICA_HEADER: ",".join(sorted(r for r, res in results.items() if res[2]))}
 
 
 class AdminMixin:
@@ -81,7 +88,7 @@ class AdminMixin:
             sections = {r: self._section(*res) for r, res in results.items()}
             merge = _MERGED.get(path)
             body = merge(sections) if merge else {"replicas": sections}
-            return JSONResponse(body)
+            return JSONResponse(body, headers=_answered(results))
         model = model_of(req["method"], path, req["body"], "")
         if path.startswith("/admin/unload/") and model:
             holders = [r for r, w in (await self.where_all(replicas)).items() if model in w]
@@ -89,7 +96,9 @@ class AdminMixin:
                 results = await self.fan_out(req, holders)
                 sections = {r: self._section(*res) for r, res in results.items()}
                 status = max(res[0] for res in results.values())
-                return JSONResponse({"replicas": sections}, status_code=status)
+                return JSONResponse(
+                    {"replicas": sections}, status_code=status, headers=_answered(results)
+                )
             if holders:
                 return await self.forward(req, None, target=replica_model_id(holders[0]))
             return await self.forward(req, None)
@@ -121,11 +130,18 @@ class AdminMixin:
         sections = {r: self._section(*res) for r, res in results.items()}
         ok = any(res[0] == 200 for res in results.values())
         body = {"status": "ok" if ok else "unavailable", "replicas": sections}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        return JSONResponse(body, status_code=200 if ok else 503, headers=_answered(results))
 
-    async def metrics(self) -> Response:
-        """Every replica's metrics with a `replica` label, and the replica count."""
+    async def metrics(self, req: dict) -> Response:
+        """Every replica's metrics with a `replica` label, and the replica count.
+
+        The client's headers go to each replica, which checks the API key as one server
+        does; a refusal (401) is the answer."""
         replicas = self.replicas()
-        results = await self.fan_out(_get("/metrics"), replicas)
+        results = await self.fan_out(req, replicas)
+        for status, body, head in results.values():
+            if status in (401, 403):
+                return Response(body, status_code=status, headers=response_headers(head))
         texts = {r: res[1].decode() for r, res in results.items() if res[0] == 200}
-        return Response(render_metrics(texts, len(replicas)), media_type=CONTENT_TYPE_LATEST)
+        text = render_metrics(texts, len(replicas))
+        return Response(text, media_type=CONTENT_TYPE_LATEST, headers=_answered(results))

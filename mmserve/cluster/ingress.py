@@ -25,10 +25,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..errors import InternalError, ServerError, Unavailable
 from ..http import is_openai_path
 from .admin import AdminMixin
-from .routing import REPLICA_PREFIX, model_of
+from .routing import REPLICA_PREFIX, model_of, response_headers
 
 log = logging.getLogger("mmserve.cluster")
-REPLICA_HEADER = "X-MMServe-Replica"
 _FAULTS = (RayActorError, DeploymentUnavailableError, BackPressureError)
 _ROUTING_WAIT_S = 3.0  # longest a cold model's followers wait for the router to learn it
 _ROUTING_HITS = 4  # consecutive probes that must land on the model's replica
@@ -79,7 +78,7 @@ class Ingress(AdminMixin):
         if path == "/health":
             return await self.health()
         if path == "/metrics":
-            return await self.metrics()
+            return await self.metrics(req)
         if path.startswith("/admin/"):
             return await self.admin(req, request.query_params.get("replica"))
         ctype = request.headers.get("content-type", "")
@@ -129,13 +128,10 @@ class Ingress(AdminMixin):
         if leader and model is not None:
             self._placed[model] = head["replica"]
             await self._await_routing(model, head["replica"])
-        # Serve's proxy sets X-Request-ID itself (the same id: it reuses the client's).
-        headers = {k: v for k, v in head["headers"] if k.lower() != "x-request-id"}
-        headers[REPLICA_HEADER] = head["replica"]
         return StreamingResponse(
             self._body(gen, req["path"], head["replica"]),
             status_code=head["status"],
-            headers=headers,
+            headers=response_headers(head),
         )
 
     async def _body(self, gen, path: str, replica: str):

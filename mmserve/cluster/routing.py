@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+REPLICA_HEADER = "X-MMServe-Replica"  # on every response: the replica(s) that answered
 REPLICA_PREFIX = "replica:"  # multiplexed id that every engine replica registers for itself
 _PATH_MODEL = re.compile(r"^/(?:generate|admin/(?:load|unload|pull))/(?P<model>[^/]+)$")
 _BODY_MODEL_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -20,6 +21,14 @@ _FORM_MODEL_PATHS = ("/v1/audio/transcriptions",)
 def replica_model_id(replica: str) -> str:
     """The multiplexed model id that routes a request to one replica (admin calls)."""
     return REPLICA_PREFIX + replica
+
+
+def response_headers(head: dict) -> dict[str, str]:
+    """Headers for the client from an engine's answer `head`: the app's own, less
+    X-Request-ID (Serve's proxy sets it, with the same id), plus X-MMServe-Replica."""
+    headers = {k: v for k, v in head["headers"] if k.lower() != "x-request-id"}
+    headers[REPLICA_HEADER] = head["replica"]
+    return headers
 
 
 def model_of(method: str, path: str, body: bytes, content_type: str) -> str | None:
