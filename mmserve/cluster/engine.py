@@ -109,6 +109,19 @@ class Engine:
             "loaded": self.runtime.manager.loaded_models(),
         }
 
+    async def prepare(self) -> dict:
+        """Load the request's model here (the ingress's cold start); then `where()`.
+
+        A failed load is left to the request that follows, which answers it in its
+        route's envelope (so a failing load is tried twice)."""
+        model = serve.get_multiplexed_model_id()
+        if model in self.runtime.table:
+            try:
+                await self.hold(model)
+            except Exception:  # noqa: BLE001 - reported by the request itself
+                log.warning("preparing %s failed on replica %s", model, self.replica)
+        return self.where()
+
     async def handle(self, req: dict):
         """Answer one HTTP request through the Flask app; stream it back.
 

@@ -4,8 +4,8 @@ Routing rules:
 - A request naming a model goes to `engine.options(multiplexed_model_id=model)`:
   Ray Serve's router picks a replica holding it, or for a cold model the replica
   with the fewest models.
-- Cold models are single-flight here: the first request for a model this ingress
-  has not seen served goes alone; the others wait until it is loaded and the
+- Cold models are single-flight here: for a model this ingress has not placed, one
+  request loads it (`Engine.prepare`) while the others wait, and all go once the
   router routes the model to its replica, so N concurrent first requests load once.
 - A replica that dies fails its requests in flight with 503 and Retry-After.
 """
@@ -90,9 +90,36 @@ class Ingress(AdminMixin):
         if model and target is None and model not in self._placed:
             lock = self._cold.setdefault(model, asyncio.Lock())
             async with lock:
-                if model not in self._placed:
-                    return await self._send(req, model, leader=True)
+                if model not in self._placed and not await self._place(model):
+                    # Not loaded (unknown name, failed load): this request answers why.
+                    return await self._send(req, model)
         return await self._send(req, target or model)
+
+    async def _place(self, model: str) -> bool:
+        """Load `model` on the replica the router picks and wait until the router sends the
+        model there; True once placed. The waiting followers go only after this."""
+        try:
+            seen = await self.engine.options(multiplexed_model_id=model).prepare.remote()
+            if model not in seen["loaded"]:
+                return False
+            self._placed[model] = seen["replica"]
+            await self._await_routing(model, seen["replica"])
+            return True
+        except _FAULTS:
+            return False
+        finally:
+            self._tidy_cold(model)
+
+    def _tidy_cold(self, model: str) -> None:
+        """Drop single-flight locks no longer needed (placed models; names that loaded
+        nothing, e.g. unknown ones, once there are many), so the dict stays small.
+        A waiter keeps its own reference to a dropped lock."""
+        if model in self._placed:
+            self._cold.pop(model, None)
+        if len(self._cold) > 256:
+            for name, lock in list(self._cold.items()):
+                if not lock.locked():
+                    del self._cold[name]
 
     async def open(self, req: dict, mux_id: str | None):
         """Start `req` on a replica: (head, body generator). Raises the Ray fault, if any.
@@ -115,7 +142,7 @@ class Ingress(AdminMixin):
             await asyncio.sleep(0.1)
         return head, gen
 
-    async def _send(self, req: dict, mux_id: str | None, leader: bool = False) -> Response:
+    async def _send(self, req: dict, mux_id: str | None) -> Response:
         try:
             head, gen = await self.open(req, mux_id)
         except _FAULTS as exc:
@@ -124,10 +151,6 @@ class Ingress(AdminMixin):
         except RayTaskError:
             log.exception("request %s failed in its replica", req["path"])
             return error_response(InternalError("internal error"), req["path"])
-        model = mux_id if mux_id in head["loaded"] else None
-        if leader and model is not None:
-            self._placed[model] = head["replica"]
-            await self._await_routing(model, head["replica"])
         return StreamingResponse(
             self._body(gen, req["path"], head["replica"]),
             status_code=head["status"],
