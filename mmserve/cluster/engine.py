@@ -102,7 +102,7 @@ class Engine:
 
     # --- requests -------------------------------------------------------------
     def where(self) -> dict:
-        """This replica's id, pid and loaded models (the ingress's routing probe)."""
+        """This replica's id, pid and loaded models (for the ingress's fan-out and cold start)."""
         return {
             "replica": self.replica,
             "pid": self.pid,

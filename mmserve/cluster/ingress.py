@@ -5,8 +5,9 @@ Routing rules:
   Ray Serve's router picks a replica holding it, or for a cold model the replica
   with the fewest models.
 - Cold models are single-flight here: for a model this ingress has not placed, one
-  request loads it (`Engine.prepare`) while the others wait, and all go once the
-  router routes the model to its replica, so N concurrent first requests load once.
+  request loads it (`Engine.prepare`, routed by Ray) while the others wait; then, until
+  the router has surely heard of the placement, the model's requests go to that
+  replica by its own id. So N concurrent first requests load once.
 - A replica that dies fails its requests in flight with 503 and Retry-After.
 """
 
@@ -25,12 +26,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..errors import InternalError, ServerError, Unavailable
 from ..http import is_openai_path
 from .admin import AdminMixin
-from .routing import REPLICA_PREFIX, model_of, response_headers
+from .routing import REPLICA_PREFIX, model_of, replica_model_id, response_headers
 
 log = logging.getLogger("mmserve.cluster")
 _FAULTS = (RayActorError, DeploymentUnavailableError, BackPressureError)
-_ROUTING_WAIT_S = 3.0  # longest a cold model's followers wait for the router to learn it
-_ROUTING_HITS = 4  # consecutive probes that must land on the model's replica
+# A replica reports the models it holds to the Serve controller (every 0.1 s), which tells
+# the routers: routing knows a new placement after ~0.1-1 s. For this long after placing a
+# model, its requests go straight to that replica (by the replica's own multiplexed id).
+_PIN_S = 5.0
 
 
 class ReplicaFailed(Unavailable):
@@ -60,7 +63,9 @@ class Ingress(AdminMixin):
 
     def __init__(self, engine):
         self.engine = engine
-        self._placed: dict[str, str] = {}  # model -> replica seen serving it (not authoritative)
+        # model -> (replica, monotonic time) of placements this ingress made; forgotten when
+        # the replica reports the model gone or the replica fails
+        self._placed: dict[str, tuple[str, float]] = {}
         self._cold: dict[str, asyncio.Lock] = {}
 
     async def __call__(self, request: Request) -> Response:
@@ -93,17 +98,19 @@ class Ingress(AdminMixin):
                 if model not in self._placed and not await self._place(model):
                     # Not loaded (unknown name, failed load): this request answers why.
                     return await self._send(req, model)
+        placed = self._placed.get(model) if model and target is None else None
+        if placed and time.monotonic() - placed[1] < _PIN_S:
+            target = replica_model_id(placed[0])  # routing may not know the placement yet
         return await self._send(req, target or model)
 
     async def _place(self, model: str) -> bool:
-        """Load `model` on the replica the router picks and wait until the router sends the
-        model there; True once placed. The waiting followers go only after this."""
+        """Load `model` on the replica Ray's router picks (one holding it, else one with the
+        fewest models); True once loaded there. The waiting followers go after this."""
         try:
             seen = await self.engine.options(multiplexed_model_id=model).prepare.remote()
             if model not in seen["loaded"]:
                 return False
-            self._placed[model] = seen["replica"]
-            await self._await_routing(model, seen["replica"])
+            self._placed[model] = (seen["replica"], time.monotonic())
             return True
         except _FAULTS:
             return False
@@ -178,26 +185,12 @@ class Ingress(AdminMixin):
     def _learn(self, head: dict) -> None:
         """Forget models that this replica reports it no longer holds (evicted there)."""
         replica, loaded = head["replica"], set(head["loaded"])
-        for model, where in list(self._placed.items()):
+        for model, (where, _t) in list(self._placed.items()):
             if where == replica and model not in loaded:
                 del self._placed[model]
 
     def _forget_replica(self, replica: str | None) -> None:
         """After a replica failure: its models are cold again (all, if we do not know which)."""
-        for model, where in list(self._placed.items()):
+        for model, (where, _t) in list(self._placed.items()):
             if replica is None or where == replica:
                 del self._placed[model]
-
-    async def _await_routing(self, model: str, replica: str) -> None:
-        """Wait until Ray's router sends `model` to `replica` (its id is pushed via the
-        controller, ~0.1-0.3 s), so the waiting followers do not load it elsewhere."""
-        deadline = time.monotonic() + _ROUTING_WAIT_S
-        hits = 0
-        while hits < _ROUTING_HITS and time.monotonic() < deadline:
-            try:
-                seen = await self.engine.options(multiplexed_model_id=model).where.remote()
-            except _FAULTS:
-                return
-            hits = hits + 1 if seen["replica"] == replica else 0
-            if hits == 0:
-                await asyncio.sleep(0.05)
