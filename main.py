@@ -34,6 +34,17 @@ def parse_args(argv=None):
         metavar="NAME",
         help="fetch these models (default: the embedded ones) and exit",
     )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="serve on a local Ray Serve cluster (needs requirements-cluster.txt)",
+    )
+    p.add_argument("--replicas", type=int, default=2, help="engine replicas with --cluster")
+    p.add_argument(
+        "--replica-cpus",
+        type=float,
+        help="CPUs per engine replica with --cluster on a machine without a GPU (default 1)",
+    )
     return p.parse_args(argv)  # fmt: skip
 
 
@@ -53,6 +64,8 @@ def main(argv=None) -> int:
 
         extra = ["--models-dir", env["MMSERVE_MODELS_DIR"]] if args.models_dir else []
         return download_main(list(args.download) + extra)
+    if args.cluster:
+        return run_cluster(args)
     if args.debug:
         from app import create_app
 
@@ -70,6 +83,20 @@ def main(argv=None) -> int:
     ]
     os.execv(sys.executable, cmd)
     return 0  # pragma: no cover - execv does not return
+
+
+def run_cluster(args) -> int:
+    """`--cluster`: a local Ray cluster with `--replicas` engines; Ray is imported only here."""
+    try:
+        from mmserve.cluster.app import run_local
+    except ImportError as exc:
+        print(f"--cluster needs Ray Serve: pip install -r requirements-cluster.txt ({exc})")
+        return 2
+    if args.replicas < 1:
+        print("--replicas must be at least 1")
+        return 2
+    cluster_args = {"replicas": args.replicas, "num_cpus": args.replica_cpus}
+    return run_local(cluster_args, args.host, args.port)
 
 
 if __name__ == "__main__":
