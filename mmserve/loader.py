@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import transformers
 
+from .generation import read_context_length
 from .models_config import ModelSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -36,7 +37,9 @@ class LoadedModel:
     tokenizer: Any
     handler: Any
     plan: DevicePlan
-    bytes: int
+    bytes: int  # weights; the KV cache its engine holds is counted apart (ModelManager)
+    context_length: int | None = None  # read once from the config at load
+    engine: Any = None  # runs its generations; made by the manager at load, closed at unload
 
 
 def plan_for(spec: ModelSpec, device_setting: str = "auto", settings=None) -> DevicePlan:
@@ -117,5 +120,6 @@ def load_model(spec: ModelSpec, path: Path, plan: DevicePlan, handler) -> Loaded
     except (AttributeError, RuntimeError):
         size = sum(p.numel() * p.element_size() for p in model.parameters())
     lm = LoadedModel(spec, model, processor, tokenizer, handler, plan, size)
+    lm.context_length = read_context_length(model.config)
     handler.warm_up(lm)
     return lm
