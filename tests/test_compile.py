@@ -15,9 +15,9 @@ from torch._dynamo.utils import counters
 from mmserve.families.text import is_compiled, static_cache_len
 from mmserve.loader import plan_for
 from mmserve.models_config import validate_entry
+from mmserve.serial import SerialEngine
 from mmserve.settings import Settings
 from tests.conftest import tiny_entry
-from mmserve.serial import SerialEngine
 from tests.test_batching import PROMPTS, engine_of, post, same
 
 MODEL = "tiny_text"
