@@ -16,9 +16,9 @@ from bench.load import pct
 # Requests per measurement: bounded so that a full run stays well under 10 minutes.
 COUNTS = {
     "full": dict(rounds=5, lat=3, ttft=2, tput_single=4, tput_server_each=3, tput_peer_each=2,
-                 loads=12),
+                 loads=12, open_seconds=120, probe_seconds=40, probe_steps=5),
     "quick": dict(rounds=2, lat=2, ttft=2, tput_single=2, tput_server_each=1, tput_peer_each=1,
-                  loads=2),
+                  loads=2, open_seconds=10, probe_seconds=6, probe_steps=2),
 }  # fmt: skip
 NO_GPU = "no GPU was available in this run; the GPU section was not measured."
 
@@ -49,7 +49,9 @@ def machine() -> dict:
 def rows(r: dict) -> list[tuple[str, str, float | None, str, bool | None]]:
     """(id, measure, ratio, target, met) for every target."""
     med = statistics.median
-    out = []
+    out = cb_rows(r)
+    if "server_lat" not in r:  # --cb-only
+        return out
     a50 = pct(r["server_lat"], 50) / pct(r["inproc_lat"], 50)
     a95 = pct(r["server_lat"], 95) / pct(r["inproc_lat"], 95)
     out.append(("a", "server p50 latency / in-process generate p50", a50, "<= 1.05", a50 <= 1.05))
@@ -58,7 +60,7 @@ def rows(r: dict) -> list[tuple[str, str, float | None, str, bool | None]]:
     b4, b8 = t[4]["tok_s"] / t[1]["tok_s"], t[8]["tok_s"] / t[1]["tok_s"]
     out.append(("b", "tokens/s at 4 clients / 1 client", b4, "(info)", None))
     out.append(("b", "tokens/s at 8 clients / 1 client", b8, ">= 3", b8 >= 3))
-    for label, name in (("peer", "transformers serve"), ("peer_cb", "transformers serve --cb")):
+    for label, name in (("peer", "transformers serve"),):
         if f"{label}_tput" not in r:
             continue
         c8 = t[8]["tok_s"] / r[f"{label}_tput"][8]["tok_s"]
@@ -82,6 +84,63 @@ def rows(r: dict) -> list[tuple[str, str, float | None, str, bool | None]]:
     return out
 
 
+def cb_rows(r: dict) -> list:
+    """(g) continuous batching, when measured: ours against its targets and the peer."""
+    cb = r.get("cb") or {}
+    ours, peer = cb.get("ours"), cb.get("peer")
+    if not ours:
+        return []
+    c, o = ours["closed"], ours["open"]
+    out = []
+    for k in (8, 16):
+        x = c[k]["tok_s"] / c[1]["tok_s"]
+        out.append(("g", f"closed loop {k} clients / our single client, tokens/s", x, ">= 4.5",
+                    x >= 4.5))  # fmt: skip
+        if peer:
+            x = c[k]["tok_s"] / peer["closed"][k]["tok_s"]
+            out.append(("g", f"closed loop {k} clients / transformers serve --cb", x, ">= 1.1",
+                        x >= 1.1))  # fmt: skip
+    x = o["tok_s"] / o["offered_tok_s"]
+    out.append(("g", "open loop: delivered / offered tokens/s", x, ">= 0.9", x >= 0.9))
+    if peer:
+        x = o["tok_s"] / peer["open"]["tok_s"]
+        out.append(("g", "open loop: tokens/s / transformers serve --cb", x, ">= 1.0", x >= 1.0))
+    if o["short_p50"] is not None:
+        x = o["short_p50"] / statistics.median(ours["short_alone"])
+        out.append(("g", "open loop: 8-token p50 latency / alone", x, "<= 1.5", x <= 1.5))
+    if peer:
+        x = ours["capacity"] / peer["capacity"] if peer["capacity"] else float("inf")
+        out.append(("g", "capacity (req/s kept up with) / transformers serve --cb", x, ">= 1.2",
+                    x >= 1.2))  # fmt: skip
+    return out
+
+
+def cb_numbers(r: dict) -> list[str]:
+    out = []
+    for label, name in (("ours", "mmserve"), ("peer", "transformers serve --continuous-batching")):
+        x = (r.get("cb") or {}).get(label)
+        if not x:
+            continue
+        closed = ", ".join(f"{k} client(s) {v['tok_s']:.1f}" for k, v in x["closed"].items())
+        o = x["open"]
+        ttft50 = f"{o['ttft_p50'] * 1000:.0f}" if o["ttft_p50"] is not None else "-"
+        ttft99 = f"{o['ttft_p99'] * 1000:.0f}" if o["ttft_p99"] is not None else "-"
+        short = f"{o['short_p50'] * 1000:.0f} ms" if o["short_p50"] is not None else "-"
+        out += [
+            f"- (g) {name}, closed loop tok/s (32 tokens): {closed}",
+            f"- (g) {name}, open loop at {o['rate']:.2f} req/s for {o['seconds']:.0f} s "
+            f"({o['requests']} requests, max_tokens from {{8, 32, 128, 256}}): offered "
+            f"{o['offered_tok_s']:.1f} tok/s, delivered {o['tok_s']:.1f} tok/s (last answer "
+            f"{o['wall']:.1f} s after the start); 8-token p50 {short} (alone "
+            f"{statistics.median(x['short_alone']) * 1000:.0f} ms); time to first token p50 "
+            f"{ttft50} ms, p99 {ttft99} ms; peak RSS {o['peak_rss_gb']:.2f} GB",
+            f"- (g) {name}, capacity: {x['capacity']:.2f} req/s kept up with (probes: "
+            + ", ".join(f"{p['rate']:.2f} {'ok' if p['kept_up'] else 'behind'}"
+                        for p in x["probes"]) + ")",
+        ]  # fmt: skip
+    return out
+
+
 def table(r: dict) -> str:
     lines = ["| | measure | ratio | target | met |", "|---|---|---|---|---|"]
     for key, measure, ratio, target, met in rows(r):
@@ -96,6 +155,8 @@ def _ms(values: list[float]) -> str:
 
 def raw_numbers(r: dict) -> list[str]:
     med = statistics.median
+    if "server_lat" not in r:  # --cb-only
+        return cb_numbers(r)
     out = [
         f"- in-process generate, 16 tokens ({r['inproc_tokens']} made): {_ms(r['inproc_lat'])}",
         f"- mmserve {r['api']} route, 16 tokens: {_ms(r['server_lat'])}",
@@ -124,7 +185,7 @@ def raw_numbers(r: dict) -> list[str]:
             runs = ", ".join(f"{x:.1f}" for x in c[key])
             out.append(f"- (f) {key.replace('_', ', ')} client(s): median "
                        f"{med(c[key]):.1f} tok/s (runs: {runs})")  # fmt: skip
-    return out
+    return out + cb_numbers(r)
 
 
 def gpu_section(r: dict) -> list[str]:
@@ -166,6 +227,8 @@ def notes(r: dict) -> list[str]:
 
     s = Settings()
     med = statistics.median
+    if "server_lat" not in r:
+        return [cb_note()]
     out = [
         "- (a) one request at a time on a keep-alive connection; the in-process baseline is "
         "chat template + tokenize + greedy `model.generate` + decode of the same float32 "
@@ -174,11 +237,10 @@ def notes(r: dict) -> list[str]:
         "streamed request to its first non-empty text piece.",
         "- (b, c) closed loop: each client sends its requests back to back (32 tokens, greedy, "
         "8 different prompts); tokens counted from `usage`.",
-        f"- mmserve ran with its defaults: batch_max_size {s.batch_max_size}, "
-        f"batch_max_wait_ms {s.batch_max_wait_ms:g}, batch_max_gap_ms {s.batch_max_gap_ms:g} "
-        "(a batch closes when full, max-wait after its first request or gap after its "
-        "latest one; a lone request, with nothing else holding the model after a batch of "
-        "one, starts at once).",
+        f"- mmserve ran with its defaults: continuous batching of up to batch_max_size "
+        f"{s.batch_max_size} rows (a request joins the running batch at the next step, a "
+        f"finished one leaves at once), prompts prefilled {s.prefill_chunk_tokens} tokens "
+        "per step, KV cache budget a quarter of the free memory at load.",
         "- transformers serve: `transformers serve DIR --device cpu --dtype float32` from "
         "bench/.work/venv, which holds only the `transformers[serving]` extras and shares "
         "torch/transformers with .venv through a .pth file. By default it runs generate() "
@@ -194,6 +256,8 @@ def notes(r: dict) -> list[str]:
         "and freezes the load's objects so that evictions stay cheap (an unload frees the "
         "weights by reference counting and runs no full collection)."
     )
+    if "cb" in r:
+        out.append(cb_note())
     if "compile_tput" in r:
         out.append(
             "- (f) a second mmserve with `MMSERVE_TEXT_COMPILE=all`, mode `default` (inductor, "
@@ -204,6 +268,20 @@ def notes(r: dict) -> list[str]:
             "over the whole static cache, where the eager cache holds only the tokens so far."
         )
     return out
+
+
+def cb_note() -> str:
+    return (
+        "- (g) each server alone on the machine, mmserve first: closed loops of 1, 8 and 16 "
+        "clients (32 tokens, greedy); the open loop sends Poisson arrivals at 70 % of "
+        "mmserve's capacity estimated from its 16-client closed loop (the same seeded "
+        "arrivals to both), each request streamed on its own connection, max_tokens drawn "
+        "from {8, 32, 128, 256}; delivered tokens/s = tokens / (time to the last answer - "
+        "the time a 256-token answer takes alone at the server's single-client speed). "
+        "Capacity: open loops from that rate up by 20 % per probe while the server delivers "
+        ">= 90 % of what was offered. Peak RSS of the server's process tree during the open "
+        "loop."
+    )
 
 
 def render(r: dict) -> str:

@@ -3,8 +3,10 @@
 One run measures, on this machine: (a) server overhead over in-process generate, (b)
 throughput at 1/4/8 clients, (c) the same load against `transformers serve`, (d) streaming
 time to first token over prefill plus one decode step, (e) cold load and model swap over
-raw from_pretrained, (f) static cache + torch.compile over eager, and a GPU section when
-CUDA is available. It prints the ratios and writes bench/RESULTS.md. Servers run as real
+raw from_pretrained, (f) static cache + torch.compile over eager, (g) with `--peer-cb`,
+continuous batching against `transformers serve --continuous-batching` (closed loop at 8
+and 16 clients, open-loop Poisson arrivals of mixed lengths, capacity, memory), and a GPU
+section when CUDA is available. It prints the ratios and writes bench/RESULTS.md. Servers run as real
 processes on free loopback ports.
 """
 
@@ -23,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench import inproc, load, quiet, report, servers  # noqa: E402
+from bench import inproc, load, openloop, quiet, report, servers  # noqa: E402
 
 PROMPT = "Write a story about a robot who learns to paint."
 PROMPTS = [
@@ -167,8 +169,6 @@ def measure(r: dict, n: dict, args, model_dir: Path, bench_models: Path, config:
         for server in reversed(started):
             server.stop()
         base.close()
-    if args.peer_cb and not args.no_peer:
-        measure_peer_cb(r, n, model_dir, count)
 
 
 def measure_compiled(r, n, api, bench_models, config, count, started) -> None:
@@ -194,16 +194,37 @@ def measure_compiled(r, n, api, bench_models, config, count, started) -> None:
     })  # fmt: skip
 
 
-def measure_peer_cb(r: dict, n: dict, model_dir: Path, count) -> None:
-    """Optional: transformers serve with its continuous batching, 8 clients."""
-    log("starting transformers serve --continuous-batching")
+def measure_cb(r: dict, n: dict, args, model_dir: Path, bench_models: Path, config: Path) -> None:
+    """(g) continuous batching: mmserve, then `transformers serve --continuous-batching`, each
+    alone on the machine, under the same closed loops and the same Poisson arrivals."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    r["cb"] = {}
+    log("(g) starting mmserve for the continuous-batching measures")
+    ours = servers.start_mmserve(bench_models, config, ram_budget_gb=8.0)
+    try:
+        api = pick_api(ours.port)
+        r.setdefault("api", api.kind)
+        load.latencies(api, PROMPT, 8, 1, warmup=1)  # loads the model
+        log("(g) mmserve: closed loop 1/8/16 clients, open loop, capacity")
+        r["cb"]["ours"] = openloop.measure_server(api, PROMPTS, None, n, count, ours.proc.pid)
+    finally:
+        ours.stop()
+    if args.no_peer:
+        return
+    log("(g) starting transformers serve --continuous-batching")
     peer = servers.start_peer(servers.ensure_peer_venv(log), model_dir, continuous_batching=True)
     try:
         api = load.Api(peer.port, "openai", str(model_dir))
-        r["peer_cb_lat"] = load.latencies(api, PROMPT, 16, n["lat"])
-        r["peer_cb_tput"] = {
-            c: load.throughput(api, PROMPTS, c, n["tput_peer_each"], 32, count) for c in (1, 8)
-        }
+        load.latencies(api, PROMPT, 8, 1, warmup=1)
+        log("(g) peer: the same closed loops and arrivals")
+        rate = r["cb"]["ours"]["plan_rate"]
+        r["cb"]["peer"] = openloop.measure_server(api, PROMPTS, rate, n, count, peer.proc.pid)
     finally:
         peer.stop()
 
@@ -214,7 +235,9 @@ def main(argv=None) -> int:
     p.add_argument("--models-dir", default=str(ROOT / "models"), help="where smollm2 lives")
     p.add_argument("--no-peer", action="store_true", help="skip transformers serve (c)")
     p.add_argument("--peer-cb", action="store_true",
-                   help="also measure transformers serve --continuous-batching")  # fmt: skip
+                   help="(g) continuous batching: closed loop 8/16, open loop, capacity, memory "
+                        "against transformers serve --continuous-batching")  # fmt: skip
+    p.add_argument("--cb-only", action="store_true", help="only (g) (implies --peer-cb)")
     p.add_argument("--no-compile", action="store_true",
                    help="skip (f), the static cache + torch.compile server")  # fmt: skip
     p.add_argument("--gpu-dry-run", action="store_true", help="run the GPU code path on the CPU")
@@ -232,7 +255,10 @@ def main(argv=None) -> int:
     r["busy_before"] = quiet.wait_quiet(args.wait_quiet, log)
     r["loadavg_before"] = os.getloadavg()
     with quiet.ForeignLoad() as foreign:
-        measure(r, n, args, model_dir, bench_models, config)
+        if not args.cb_only:
+            measure(r, n, args, model_dir, bench_models, config)
+        if args.peer_cb or args.cb_only:
+            measure_cb(r, n, args, model_dir, bench_models, config)
     r["foreign"] = foreign.summary()
     r["loadavg_after"] = os.getloadavg()
 

@@ -38,8 +38,9 @@ class LoadedModel:
     tokenizer: Any
     handler: Any
     plan: DevicePlan
-    bytes: int
+    bytes: int  # weights; the KV cache its engine holds is counted apart (ModelManager)
     context: int | None = None  # tokens it takes at once (mmserve.limits.context_length)
+    engine: Any = None  # runs its generations; made by the manager at load, closed at unload
 
 
 def plan_for(spec: ModelSpec, device_setting: str = "auto", settings=None) -> DevicePlan:

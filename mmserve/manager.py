@@ -235,7 +235,7 @@ class ModelManager:
 
     def loaded_bytes(self) -> int:
         with self._lock:
-            return sum(s.loaded.bytes for s in self._slots.values() if s.loaded is not None)
+            return sum(model_bytes(s.loaded) for s in self._slots.values() if s.loaded is not None)
 
     def holders(self, name: str) -> int:
         """Requests holding a turn on the model now (read without the lock: a hint)."""
@@ -268,7 +268,9 @@ class ModelManager:
                 ],
                 "device": lm.plan.device if lm else None,
                 "dtype": lm.plan.dtype_name if lm else None,
-                "bytes": lm.bytes if lm else 0,
+                "bytes": model_bytes(lm) if lm else 0,
+                "kv_cache_bytes": kv_bytes(lm) if lm else 0,
+                "kv_cache_budget_bytes": getattr(lm.engine, "kv_budget", None) if lm else None,
                 "ref_count": slot.refs,
                 "active": slot.active,
                 "waiting": slot.waiting,
@@ -368,11 +370,12 @@ class ModelManager:
         self._cancel_timer(slot)
         lm, slot.loaded = slot.loaded, None
         slot.state = "unloaded"
-        freed = lm.bytes if lm else 0
+        freed = model_bytes(lm) if lm else 0
         alive = None
         if lm is not None:
-            if getattr(lm, "batcher", None) is not None:
-                lm.batcher.close()  # idle: refs == 0, so its worker holds no request
+            if lm.engine is not None:
+                lm.engine.close()  # idle: refs == 0, so it holds no request
+                lm.engine = None
             alive = weakref.ref(lm.model)
             lm.model = lm.processor = lm.tokenizer = None
         del lm
@@ -432,7 +435,7 @@ class ModelManager:
         weights = estimate_model_bytes(path, dtype, bits)
         kv = kv_cache_bytes(path / "config.json", context, dtype)
         candidates = [
-            Candidate(s.spec.name, s.loaded.bytes, s.last_used, s.refs > 0)
+            Candidate(s.spec.name, model_bytes(s.loaded), s.last_used, s.refs > 0)
             for s in self._slots.values()
             if s is not slot and s.state == "loaded" and s.loaded is not None
         ]
@@ -496,6 +499,14 @@ class ModelManager:
                     f"model '{name}' failed to load; see the server log",
                     details=type(exc).__name__,
                 ) from exc
+        try:
+            lm.engine = handler.make_engine(lm, self.settings)  # closed by _unload_locked
+        except Exception as exc:
+            log.error("starting the engine of %s failed", spec.name, exc_info=exc)
+            raise ModelLoadFailed(
+                f"model '{spec.name}' failed to load; see the server log",
+                details=type(exc).__name__,
+            ) from exc
         # What a load creates lives until the unload: collect its garbage now, then freeze
         # the rest so later automatic collections (and the next load) do not rescan it.
         gc.collect()
@@ -510,6 +521,19 @@ class ModelManager:
         if self.hooks:
             self.hooks.on_load(name, slot.load_seconds)
         return lm
+
+
+def kv_bytes(lm: LoadedModel) -> int:
+    """KV cache bytes the model's engine holds or has reserved for its admitted rows."""
+    engine = lm.engine
+    if engine is None:
+        return 0
+    return max(engine.cache_bytes(), engine.reserved_bytes())
+
+
+def model_bytes(lm: LoadedModel) -> int:
+    """The model's size as eviction and /admin/model_status see it: weights + KV cache."""
+    return lm.bytes + kv_bytes(lm)
 
 
 def collect(full: bool = True) -> None:

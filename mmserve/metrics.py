@@ -32,7 +32,7 @@ class Metrics:
             "mmserve_prompt_tokens_total", "Prompt tokens processed by model", ["model"], registry=r
         )
         self.ttft = Histogram(
-            "mmserve_time_to_first_token_seconds", "Streaming time to first token by model",
+            "mmserve_time_to_first_token_seconds", "Time to first token by model (streamed or not)",
             ["model"], buckets=TTFT_BUCKETS, registry=r,
         )  # fmt: skip
         self.loads = Counter("mmserve_model_loads_total", "Model loads", ["model"], registry=r)

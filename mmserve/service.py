@@ -8,13 +8,11 @@ import time
 
 import psutil
 import torch
-from transformers import StoppingCriteriaList
 
-from .batching import BatchedRun, batcher_for
-from .errors import BadRequest, ModelLoadFailed, OutOfMemory, is_oom
+from .errors import BadRequest, ModelLoadFailed, OutOfMemory, Unavailable, is_oom
 from .families.rules import check_media, prepare_inputs
-from .generation import CancelOnEvent, StopText, StreamRun, sampling_kwargs, trim_completion
 from .limits import check_prompt, prompt_param
+from .sampling import row_sampling
 from .types import GenerationRequest, GenerationResult
 
 log = logging.getLogger("mmserve.service")
@@ -34,9 +32,11 @@ class InferenceService:
         self.manager = manager
         self.settings = settings
         self.hooks = hooks
-        self._batch_lock = threading.Lock()  # makes each model's batcher once
         self._posts = 0  # HTTP POSTs being handled now (mmserve.http counts them)
         self._posts_lock = threading.Lock()
+        self._rows: set = set()  # rows of the generations running now (for a fast shutdown)
+        self._rows_lock = threading.Lock()
+        self.shutting_down = False
 
     def post_started(self) -> None:
         with self._posts_lock:
@@ -45,6 +45,11 @@ class InferenceService:
     def post_ended(self) -> None:
         with self._posts_lock:
             self._posts -= 1
+
+    @property
+    def posts(self) -> int:
+        """HTTP POSTs being handled now, streams included until their last byte."""
+        return self._posts
 
     # --- checks done before any model is touched ---------------------------
     def check(self, req: GenerationRequest):
@@ -76,32 +81,31 @@ class InferenceService:
         return spec
 
     def _prepare(self, lm, req: GenerationRequest):
+        """Model inputs and the request's sampling, its max tokens fitted to the context
+        (`mmserve.limits.check_prompt`, the one place of the prompt-length rules; the context
+        is read once per loaded model, `LoadedModel.context`)."""
         prepared = prepare_inputs(lm, req)
-        kwargs = sampling_kwargs(lm.spec.generation, req.params, self.settings.max_new_tokens_limit)
-        kwargs["max_new_tokens"] = check_prompt(
+        sampling = row_sampling(lm.spec.generation, req.params, self.settings.max_new_tokens_limit)
+        sampling.max_new_tokens = check_prompt(
             prepared.prompt_tokens,
             req.params.max_new_tokens,
-            kwargs["max_new_tokens"],
+            sampling.max_new_tokens,
             lm.context,
             self.settings.max_prompt_tokens,
             prompt_param(req),
             lm.handler.completion_in_context,
         )
-        if req.params.stop:
-            kwargs["stop_strings"] = list(req.params.stop)
-            kwargs["tokenizer"] = lm.tokenizer
-        if req.params.seed is not None:
-            torch.manual_seed(int(req.params.seed))
-        return prepared, kwargs
+        return prepared, sampling
 
-    def _result(self, lm, req, prepared, text, completion, started, first_at, extras=None):
+    def _result(self, lm, req, prepared, row, started, extras=None):
         extras = extras or {}
         spec = lm.spec
+        first_at = row.first_token_at
         result = GenerationResult(
-            text=text,
+            text=row.text,
             prompt_tokens=prepared.prompt_tokens,
-            completion_tokens=len(completion.ids),
-            finish_reason=completion.finish_reason,
+            completion_tokens=len(row.completion_ids),
+            finish_reason=row.finish_reason or "stop",
             model=spec.name,
             model_type=spec.family,
             generation_method=extras.pop("generation_method", lm.plan.device),
@@ -114,50 +118,108 @@ class InferenceService:
             self.hooks.on_generation(result)
         return result
 
-    # --- generation ---------------------------------------------------------
+    # --- generation: one path, streamed or not ------------------------------
     def generate(self, req: GenerationRequest) -> GenerationResult:
-        """Generate the whole answer; out-of-memory frees idle models and retries once."""
+        """Generate the whole answer: the stream below, read to its end."""
+        events = self.stream(req)
+        result = None
+        try:
+            for item in events:
+                result = item
+        finally:
+            events.close()
+        return result
+
+    def stream(self, req: GenerationRequest):
+        """Start a generation. Checks, the model lease and the engine's admission happen now,
+        before any byte is sent, so their errors get a proper status; the returned iterator
+        yields text deltas and finally the GenerationResult. Closing it stops the model.
+        """
         self.check(req)
         started = time.monotonic()
-        with self.manager.lease(req.model, req.keep_alive) as lease:
+        lease = self.manager.acquire(req.model, req.keep_alive)
+        cancel = threading.Event()
+        try:
             lm = lease.model
-            method = None  # "cpu_fallback" once the request runs on a CPU copy
+            prepared, sampling = self._prepare(lm, req)
+            row = self._submit(lm.engine, prepared, sampling, cancel)
+        except BaseException:
+            lease.release()
+            raise
+        gen = self._stream_iter(lease, lm, req, prepared, sampling, row, started)
+
+        def unstarted_close() -> None:  # the generator's `finally` never runs then
+            cancel.set()
+            self._forget(row)
+            lease.release()
+
+        return Stream(gen, unstarted_close)
+
+    def _submit(self, engine, prepared, sampling, cancel):
+        if self.shutting_down:
+            raise Unavailable("server shutting down", code="shutting_down")
+        row = engine.submit(prepared, sampling, cancel)
+        with self._rows_lock:
+            self._rows.add(row)
+        return row
+
+    def abort_all(self, message: str = "server shutting down") -> None:
+        """Fast shutdown: every generation ends at its next step with a 503 `message` (the
+        last event of a stream); new ones are refused."""
+        self.shutting_down = True
+        error = Unavailable(message, code="shutting_down")
+        with self._rows_lock:
+            rows = list(self._rows)
+        for row in rows:
+            row.fail(error)  # before the cancel event: the row must end as an error
+            row.cancel_event.set()
+
+    def _stream_iter(self, lease, lm, req, prepared, sampling, row, started):
+        """The one generation loop. Out of memory before any text was sent: free idle
+        models and retry once, then (GPU only) run on a CPU copy where that is allowed."""
+        engine, own_engine, method = lm.engine, None, None
+        cancel = row.cancel_event
+        try:
             for attempt in (1, 2, 3):
                 try:
-                    prepared, kwargs = self._prepare(lm, req)
-                    batcher = None
-                    if method is None:  # a CPU fallback copy is this request's alone
-                        batcher = self._batcher(lm)
-                    if batcher is not None:
-                        cancel = threading.Event()
-                        ids = batcher.submit(prepared, kwargs, cancel, req.params.seed).result()
-                    else:
-                        sequences = lm.handler.generate(lm, prepared, kwargs)
-                        ids = lm.handler.completion_ids(lm, prepared, sequences)
+                    yield from row.deltas()
                     break
                 except Exception as exc:
-                    if not is_oom(exc):
-                        raise
-                    if attempt == 2 and self._may_fall_back(lm, exc):
+                    early = is_oom(exc) and not row.text
+                    if early and attempt == 2 and self._may_fall_back(lm, exc):
                         lm, method = self._cpu_copy(lm), "cpu_fallback"
-                        continue
-                    if attempt >= 2:
-                        raise OutOfMemory(
-                            f"out of memory running model '{req.model}'; try a shorter request"
-                        ) from exc
-                    log.warning("out of memory in %s; freeing memory and retrying", req.model)
-                    self.manager.free_memory(exclude=req.model)
-            completion = trim_completion(lm, ids, kwargs["max_new_tokens"], cancelled=False)
-            text = lm.tokenizer.decode(completion.ids, skip_special_tokens=True)
-            if req.params.stop:
-                cut = StopText(req.params.stop)
-                text = cut.feed(text) + cut.flush()
-                if cut.stopped:
-                    completion.finish_reason = "stop"
+                        own_engine = engine = lm.handler.make_engine(lm, self.settings)
+                        prepared, sampling = self._prepare(lm, req)
+                    elif not early or attempt >= 2:
+                        if is_oom(exc):
+                            raise OutOfMemory(
+                                f"out of memory running model '{req.model}'; try a shorter request"
+                            ) from exc
+                        raise
+                    else:
+                        log.warning("out of memory in %s; freeing memory and retrying", req.model)
+                        self.manager.free_memory(exclude=req.model)
+                    self._forget(row)
+                    row = self._submit(engine, prepared, sampling, cancel)
             extras = lm.handler.extras(lm, prepared, req)
             if method:
                 extras["generation_method"] = method
-            return self._result(lm, req, prepared, text, completion, started, None, extras)
+            yield self._result(lm, req, prepared, row, started, extras)
+        finally:
+            if not row.done.is_set():
+                cancel.set()  # the client went away or an error happened: stop the model
+                row.wait(timeout=self.settings.shutdown_timeout)
+                # One step per generated token, the first one being the prompt's pass.
+                steps = len(row.completion_ids)
+                log.info("stream for %s closed early after %d steps", req.model, steps)
+            self._forget(row)
+            if own_engine is not None:
+                own_engine.close()
+            lease.release()
+
+    def _forget(self, row) -> None:
+        with self._rows_lock:
+            self._rows.discard(row)
 
     # --- CPU fallback: step 2 after a second CUDA out-of-memory ----------------------
     def _may_fall_back(self, lm, exc: BaseException) -> bool:
@@ -199,110 +261,6 @@ class InferenceService:
                 details=type(exc).__name__,
             ) from exc
 
-    def stream(self, req: GenerationRequest):
-        """Start a streamed generation. Checks and the model lease happen now, before any
-        byte is sent, so their errors get a proper status; the returned iterator yields
-        text deltas and finally the GenerationResult. Closing the iterator stops the model.
-        """
-        self.check(req)
-        started = time.monotonic()
-        lease = self.manager.acquire(req.model, req.keep_alive)
-        try:
-            lm = lease.model
-            prepared, kwargs = self._prepare(lm, req)
-        except BaseException:
-            lease.release()
-            raise
-        cancel = threading.Event()
-        criteria = StoppingCriteriaList([CancelOnEvent(cancel)])
-        kwargs["stopping_criteria"] = criteria
-        run = self._stream_run(lm, req, prepared, kwargs, cancel)
-        return Stream(
-            self._stream_iter(lease, lm, req, prepared, kwargs, run, started, criteria), lease
-        )
-
-    def _batcher(self, lm):
-        """The model's batcher (None where it does not batch).
-
-        It asks how many requests may be on their way to the model, so that a lone request
-        need not wait for company: those holding the model, or every POST the server is
-        handling (one being parsed has no model yet), whichever is more.
-        """
-        name = lm.spec.name
-
-        def holders() -> int:
-            return max(self.manager.holders(name), self._posts)
-
-        return batcher_for(lm, self.settings, self._batch_lock, holders)
-
-    def _stream_run(self, lm, req, prepared, kwargs, cancel):
-        """A StreamRun, or its batched twin when the model has a batcher."""
-        batcher = self._batcher(lm)
-        if batcher is not None:
-            return BatchedRun(batcher, prepared, kwargs, cancel, req.params.seed)
-        return StreamRun(lm, prepared, kwargs, cancel)
-
-    def _stream_iter(self, lease, lm, req, prepared, kwargs, run, started, criteria):
-        cut = StopText(req.params.stop)
-        finished = False
-        method = None
-        try:
-            for attempt in (1, 2, 3):
-                run.start()
-                try:
-                    for piece in run.deltas():
-                        out = cut.feed(piece)
-                        if out:
-                            yield out
-                        if cut.stopped:
-                            run.cancel()
-                    break
-                except Exception as exc:
-                    # Out of memory before any text was sent: free memory and retry once,
-                    # then run on a CPU copy where that is allowed.
-                    early = is_oom(exc) and not (cut.emitted or cut.buffer)
-                    if early and attempt == 2 and self._may_fall_back(lm, exc):
-                        lm, method = self._cpu_copy(lm), "cpu_fallback"
-                        prepared, kwargs = self._prepare(lm, req)
-                        kwargs["stopping_criteria"] = criteria
-                        run = StreamRun(lm, prepared, kwargs, run.cancel_event)
-                        continue
-                    if not early or attempt >= 2:
-                        if is_oom(exc):
-                            raise OutOfMemory(
-                                f"out of memory running model '{req.model}'; try a shorter request"
-                            ) from exc
-                        raise
-                    log.warning(
-                        "out of memory in %s stream; freeing memory and retrying", req.model
-                    )
-                    self.manager.free_memory(exclude=req.model)
-                    run = self._stream_run(lm, req, prepared, kwargs, run.cancel_event)
-            tail = cut.flush()
-            if tail:
-                yield tail
-            run.wait()
-            if isinstance(run, BatchedRun):
-                ids = run.completion_ids
-            else:
-                ids = lm.handler.completion_ids(lm, prepared, run.sequences)
-            completion = trim_completion(lm, ids, kwargs["max_new_tokens"], cancelled=False)
-            if cut.stopped:
-                completion.finish_reason = "stop"
-            extras = lm.handler.extras(lm, prepared, req)
-            if method:
-                extras["generation_method"] = method
-            finished = True
-            yield self._result(
-                lm, req, prepared, cut.emitted, completion, started, run.first_token_at, extras
-            )
-        finally:
-            if not finished:
-                run.cancel()  # the client went away or an error happened: stop the model
-                run.wait(timeout=self.settings.shutdown_timeout)
-                log.info("stream for %s closed early after %d steps", req.model, criteria[0].steps)
-            lease.release()
-
     def embed(
         self,
         model: str,
@@ -331,12 +289,12 @@ class Stream:
 
     Invariant: the lease is released exactly once, also when the stream is closed
     before its first item (a generator closed before it starts never runs its
-    `finally`, which would leak the model's reference count).
+    `finally`, which would leak the model's reference count and leave its row running).
     """
 
-    def __init__(self, gen, lease):
+    def __init__(self, gen, unstarted_close):
         self._gen = gen
-        self._lease = lease
+        self._unstarted_close = unstarted_close
         self._started = False
 
     def __iter__(self):
@@ -348,5 +306,6 @@ class Stream:
 
     def close(self) -> None:
         if not self._started:
-            self._lease.release()
+            self._started = True
+            self._unstarted_close()
         self._gen.close()

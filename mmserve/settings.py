@@ -30,9 +30,9 @@ class Settings:
     memory_warning_fraction: float = 0.9
     default_keep_alive: float = 300.0  # seconds; -1 forever, 0 unload after each request
     max_concurrency: int = 1  # generations at once per model
-    batch_max_size: int = 8  # text requests per padded generate; 1 disables batching
-    batch_max_wait_ms: float = 25.0  # longest a batch waits for more requests after its first
-    batch_max_gap_ms: float = 10.0  # a batch also closes when no request came for this long
+    batch_max_size: int = 16  # rows in a text model's continuous batch; 1: one at a time
+    kv_cache_gb: float | None = None  # KV cache per text model; None = 1/4 of free memory at load
+    prefill_chunk_tokens: int = 512  # prompt tokens prefilled per engine step (between decodes)
     # Static KV cache + torch.compile for the text family: off | cuda (models on a GPU) | all
     # (also on the CPU; slow to compile, useful for checks). The first load compiles (tens of s).
     text_compile: str = "off"
@@ -127,7 +127,7 @@ def _coerce(cls, key: str, value):
             return list(value)
         if key in ("api_key", "admin_key"):
             return str(value) if value else None
-        if key == "ram_budget_gb":
+        if key in ("ram_budget_gb", "kv_cache_gb"):
             return float(value) if value not in (None, "") else None
         if isinstance(default, bool):
             if isinstance(value, str):
@@ -135,7 +135,9 @@ def _coerce(cls, key: str, value):
             return bool(value)
         if isinstance(default, int):
             number = int(value)
-            if key in ("text_cache_len", "max_stop") and number < 1:
+            if key in ("text_cache_len", "max_stop", "prefill_chunk_tokens", "batch_max_size") and (
+                number < 1
+            ):
                 raise ValueError(key)
             return number
         if isinstance(default, float):

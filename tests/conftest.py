@@ -119,7 +119,9 @@ def free_port() -> int:
 class LiveServer:
     """A real server process started by main.py on 127.0.0.1."""
 
-    def __init__(self, args: list[str], env: dict, port: int, log_path: Path):
+    def __init__(
+        self, args: list[str], env: dict, port: int, log_path: Path, session: bool = False
+    ):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
@@ -130,6 +132,7 @@ class LiveServer:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=session,  # its own process group, for signals sent to a group
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -160,7 +163,9 @@ class LiveServer:
         self._log.close()
 
 
-def start_server(tmp_path: Path, args: list[str], env_extra: dict | None = None) -> LiveServer:
+def start_server(
+    tmp_path: Path, args: list[str], env_extra: dict | None = None, session: bool = False
+) -> LiveServer:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMSERVE_")}
     env.update(
         {
@@ -171,7 +176,7 @@ def start_server(tmp_path: Path, args: list[str], env_extra: dict | None = None)
         }
     )
     env.update(env_extra or {})
-    server = LiveServer(args, env, free_port(), tmp_path / "server.out")
+    server = LiveServer(args, env, free_port(), tmp_path / "server.out", session)
     try:
         server.wait_ready()
     except Exception:

@@ -1,4 +1,5 @@
-"""Dynamic batching of text requests: same greedy output as alone, per-row stops, early exits."""
+"""Continuous batching of text requests: same greedy output as alone, rows that join and leave
+a running batch, per-row sampling, stops, limits, seeds, cancellation and the KV budget."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import time
 import pytest
 import torch
 
-from mmserve.batching import Batcher
-from mmserve.generation import sampling_kwargs
+from mmserve.engine import TextEngine
+from mmserve.sampling import row_sampling
 from mmserve.types import GenerationRequest, Message, Part, SamplingParams
 from tests.conftest import tiny_entry
 
@@ -28,18 +29,17 @@ MODEL = "tiny_text"
 
 @pytest.fixture
 def apps(make_app):
-    """(alone, batched): the same tiny text model without and with batching, loaded."""
+    """(alone, batched): the same tiny text model with one row at a time and with 8, loaded."""
     models = [tiny_entry(MODEL)]
     alone = make_app(models, batch_max_size=1)
-    batched = make_app(models, batch_max_size=8, batch_max_wait_ms=500, batch_max_gap_ms=500)
+    batched = make_app(models, batch_max_size=8)
     for app in (alone, batched):
         app.extensions["mmserve"].manager.load(MODEL)
     return alone, batched
 
 
-def batcher_of(app) -> Batcher | None:
-    lm = app.extensions["mmserve"].manager._slots[MODEL].loaded
-    return getattr(lm, "batcher", None)
+def engine_of(app) -> TextEngine:
+    return app.extensions["mmserve"].manager._slots[MODEL].loaded.engine
 
 
 def post(app, body: dict) -> dict:
@@ -53,50 +53,39 @@ def post(app, body: dict) -> dict:
     return r.get_json()
 
 
-def together(app, bodies: list[dict]) -> tuple[list[dict], list[float]]:
-    """Send the bodies at once from threads; the answers and when each one returned.
+def gather(engine: TextEngine, n: int, give_up: float = 30.0) -> None:
+    """Make the engine admit nothing until `n` requests wait, so that they start as one
+    group however slowly a loaded machine schedules their threads (then it is normal)."""
+    admit = engine._admit
+    deadline = time.monotonic() + give_up
 
-    The first batch waits for all of them, however slowly a loaded machine schedules the
-    threads (CI once saw 4 of 6 requests reach the batcher 500 ms after the first two);
-    the batcher's own window applies again as soon as it has them.
-    """
-    rt = app.extensions["mmserve"]
-    lm = rt.manager._slots[MODEL].loaded
-    batcher = rt.service._batcher(lm)  # made as a request would make it
-    saved = (batcher.max_size, batcher.max_wait, batcher.max_gap, batcher.holders)
-    batcher.max_size, batcher.max_wait, batcher.max_gap = len(bodies), 30.0, 30.0
-    batcher.holders = None  # no lone-request start while the threads are on their way
+    def gated():
+        if len(engine.waiting) < n and time.monotonic() < deadline:
+            return []
+        engine._admit = admit
+        return admit()
+
+    engine._admit = gated
+
+
+def together(app, bodies: list[dict]) -> tuple[list[dict], list[float]]:
+    """Send the bodies at once from threads; the answers and when each one returned."""
+    engine = engine_of(app)
+    gather(engine, min(len(bodies), engine.max_rows))  # the manager admits max_rows at once
     results: list = [None] * len(bodies)
     done_at = [0.0] * len(bodies)
-    gate = threading.Barrier(len(bodies))
 
     def one(i):
-        gate.wait()
         results[i] = post(app, bodies[i])
         done_at[i] = time.monotonic()
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
     for t in threads:
         t.start()
-    give_up = time.monotonic() + 30
-    before = len(batcher.batches)
-    while len(batcher.batches) == before and len(batcher._pending) < len(bodies):
-        assert time.monotonic() < give_up, "the requests never reached the batcher"
-        time.sleep(0.002)
-    with batcher._cond:
-        batcher.max_size, batcher.max_wait, batcher.max_gap, batcher.holders = saved
-        batcher._cond.notify_all()
     for t in threads:
         t.join(60)
     assert all(r is not None for r in results)
     return results, done_at
-
-
-def timed_post(app, body: dict) -> float:
-    """Seconds a `post` took."""
-    t0 = time.monotonic()
-    post(app, body)
-    return time.monotonic() - t0
 
 
 def same(a: dict, b: dict) -> None:
@@ -105,7 +94,7 @@ def same(a: dict, b: dict) -> None:
     assert a["usage"] == b["usage"]
 
 
-def test_greedy_batch_equals_each_request_alone_and_runs_as_one_generate(apps):
+def test_greedy_batch_equals_each_request_alone(apps):
     alone, batched = apps
     bodies = [{"prompt": p, "max_new_tokens": n} for p, n in zip(PROMPTS, MAX_TOKENS, strict=True)]
     expected = [post(alone, b) for b in bodies]
@@ -114,8 +103,8 @@ def test_greedy_batch_equals_each_request_alone_and_runs_as_one_generate(apps):
         same(e, g)
         assert g["usage"]["completion_tokens"] <= n
     assert len({e["response"] for e in expected}) == len(bodies)  # the prompts really differ
-    assert list(batcher_of(batched).batches) == [len(bodies)]
-    assert batcher_of(alone) is None  # batch_max_size=1 turns batching off
+    assert max(engine_of(batched).sizes) == len(bodies)  # they decoded as one batch
+    assert max(engine_of(alone).sizes) == 1  # batch_max_size=1: one row at a time
 
 
 def test_streamed_text_equals_non_streamed_inside_a_batch(apps):
@@ -127,7 +116,7 @@ def test_streamed_text_equals_non_streamed_inside_a_batch(apps):
         same(e, got[i])
         same(e, got[i + 3])
     assert max(g["pieces"] for g in got[3:]) > 2  # the text came in pieces
-    assert list(batcher_of(batched).batches) == [6]
+    assert max(engine_of(batched).sizes) == 6
 
 
 def ascii_pair(text: str) -> str | None:
@@ -138,206 +127,187 @@ def ascii_pair(text: str) -> str | None:
     return None
 
 
-def test_each_request_keeps_its_own_stop_strings(apps):
+def test_rows_with_their_own_temperature_stops_and_max_tokens_share_one_batch(apps):
     alone, batched = apps
-    full = [post(alone, {"prompt": p, "max_new_tokens": 16}) for p in PROMPTS[:4]]
-    bodies = []
-    for i, f in enumerate(full):
-        body = {"prompt": PROMPTS[i], "max_new_tokens": 16}
-        stop = ascii_pair(f["response"][2:])  # not at the start: something is emitted first
-        if i < 3 and stop:
-            body["stop"] = [stop]
-        bodies.append(body)
+    full = [post(alone, {"prompt": p, "max_new_tokens": 16}) for p in PROMPTS[:2]]
+    bodies = [
+        {"prompt": PROMPTS[0], "max_new_tokens": 16},
+        {"prompt": PROMPTS[1], "max_new_tokens": 16},
+        {"prompt": PROMPTS[2], "max_new_tokens": 9, "temperature": 0.8, "seed": 1},
+        {"prompt": PROMPTS[3], "max_new_tokens": 7, "temperature": 1.5, "top_k": 5, "seed": 2},
+        {"prompt": PROMPTS[4], "max_new_tokens": 3, "temperature": 0.7, "top_p": 0.9, "seed": 3},
+    ]
+    stops = [ascii_pair(f["response"][2:]) for f in full]  # not at the start: text comes first
+    assert all(stops)
+    for body, stop in zip(bodies, stops, strict=False):
+        body["stop"] = [stop]
     expected = [post(alone, b) for b in bodies]
     got, _ = together(batched, bodies + [dict(b, stream=True) for b in bodies])
     for i, (e, b) in enumerate(zip(expected, bodies, strict=True)):
-        same(e, got[i])
-        assert got[i + 4]["response"] == e["response"]
-        if "stop" in b:
-            stop = b["stop"][0]
-            assert e["finish_reason"] == "stop" and stop not in e["response"]
-            assert e["response"] == full[i]["response"].split(stop)[0]
-    assert sum(1 for b in bodies if "stop" in b) >= 2
-    assert list(batcher_of(batched).batches) == [8]
+        same(e, got[i])  # seeded sampling too: the same text alone and in a batch
+        assert got[i + 5]["response"] == e["response"]
+        assert e["usage"]["completion_tokens"] <= b["max_new_tokens"]
+    for i, stop in enumerate(stops):
+        assert expected[i]["finish_reason"] == "stop" and stop not in expected[i]["response"]
+        assert expected[i]["response"] == full[i]["response"].split(stop)[0]
+    assert max(engine_of(batched).sizes) == 8  # full up to batch_max_size; the rest join later
 
 
-def test_a_short_request_returns_before_a_long_one_in_the_same_batch(apps):
+def test_a_short_request_arriving_during_a_long_one_finishes_long_before_it(apps):
+    """Padded batching made the short request wait for the whole long batch to end."""
     _, batched = apps
-    bodies = [
-        {"prompt": PROMPTS[0], "max_new_tokens": 2},
-        {"prompt": PROMPTS[1], "max_new_tokens": 400, "stream": True},
-    ]
-    got, done_at = together(batched, bodies)
-    assert got[0]["usage"]["completion_tokens"] <= 2
-    assert got[1]["usage"]["completion_tokens"] > 100  # the long one really ran long
-    assert done_at[1] - done_at[0] > 0.1
-    assert list(batcher_of(batched).batches) == [2]
+    engine = engine_of(batched)
+    done_at = {}
 
+    def long_one():
+        done_at["long_body"] = post(batched, {"prompt": PROMPTS[1], "max_new_tokens": 1500})
+        done_at["long"] = time.monotonic()
 
-def test_sampling_incompatible_requests_are_grouped_apart(apps):
-    _, batched = apps
-    greedy = {"prompt": PROMPTS[0], "max_new_tokens": 4}
-    hot = {"prompt": PROMPTS[1], "max_new_tokens": 4, "temperature": 0.8}
-    warm = {"prompt": PROMPTS[2], "max_new_tokens": 4, "temperature": 0.5, "top_k": 5}
-    seeded = dict(hot, seed=7)  # a seed makes a request run alone
-    bodies = [greedy, hot, warm, greedy, hot, seeded]
-    got, _ = together(batched, bodies)
-    assert all(g["usage"]["completion_tokens"] >= 1 for g in got)
-    assert sorted(batcher_of(batched).batches) == [1, 1, 2, 2]
-    alone = post(apps[0], seeded)
-    assert got[5]["response"] == alone["response"]
-
-
-def test_a_batch_closes_after_a_gap_without_requests(make_app):
-    app = make_app([tiny_entry(MODEL)], batch_max_wait_ms=5000, batch_max_gap_ms=20)
-    manager = app.extensions["mmserve"].manager
-    manager.load(MODEL)
-    other = manager.acquire(MODEL)  # holds the model: the batch waits for it, up to the gap
-    try:
-        body = {"prompt": PROMPTS[0], "max_new_tokens": 2}
-        assert timed_post(app, body) < 2.0  # waits the gap, not 5 s
-    finally:
-        other.release()
-    assert list(batcher_of(app).batches) == [1]
-
-
-def test_a_lone_request_starts_at_once_but_waits_for_one_on_its_way(make_app):
-    app = make_app([tiny_entry(MODEL)], batch_max_wait_ms=6000, batch_max_gap_ms=3000)
-    manager = app.extensions["mmserve"].manager
-    manager.load(MODEL)
-    body = {"prompt": PROMPTS[0], "max_new_tokens": 2}
-    for stream in (False, True, False):  # alone: nothing else holds the model
-        assert timed_post(app, dict(body, stream=stream)) < 2.0  # not the 3 s gap
-    assert list(batcher_of(app).batches) == [1, 1, 1]
-    # Another request holding the model (as while it is parsed and tokenized) keeps the
-    # batch open for it, up to the gap.
-    other = manager.acquire(MODEL)
-    try:
-        assert timed_post(app, body) >= 3.0
-    finally:
-        other.release()
-    # So does a POST the server is still parsing (it holds no model yet).
-    service = app.extensions["mmserve"].service
-    service.post_started()
-    try:
-        assert timed_post(app, body) >= 3.0
-    finally:
-        service.post_ended()
-    assert list(batcher_of(app).batches) == [1, 1, 1, 1, 1]
-    # Every POST is uncounted when it ends: streamed, refused or failed alike.
-    client = app.test_client()
-    assert client.post(f"/generate/{MODEL}", json={"prompt": 5}).status_code == 400
-    assert client.post("/generate/nope", json={"prompt": "x"}).status_code == 404
-    assert client.post(f"/generate/{MODEL}", data="{").status_code == 400
-    post(app, dict(body, stream=True))
-    assert service._posts == 0
-    assert list(batcher_of(app).batches)[-1] == 1
-
-
-def test_after_a_batch_of_several_a_request_waits_the_gap_for_company(apps):
-    _, batched = apps
-    together(batched, [{"prompt": p, "max_new_tokens": 3} for p in PROMPTS[:2]])
-    batcher = batcher_of(batched)
-    batcher.max_wait = batcher.max_gap = 1.0
-    body = {"prompt": PROMPTS[0], "max_new_tokens": 2}
-    assert timed_post(batched, body) >= 1.0  # concurrent clients: one more may be on its way
-    assert timed_post(batched, body) < 1.0  # one at a time again: no wait
-    assert list(batcher.batches) == [2, 1, 1]
-
-
-def test_requests_queued_behind_a_batch_wait_for_the_clients_it_releases(make_app):
-    """A closed loop: A runs, B queues behind it, A's client sends C as soon as A returns.
-    B waits for C (the gap counts from the end of A's run), so they run as one batch."""
-    app = make_app([tiny_entry(MODEL)], batch_max_wait_ms=3000, batch_max_gap_ms=500)
-    app.extensions["mmserve"].manager.load(MODEL)
-    got = {}
-
-    def client_a():
-        got["a"] = post(app, {"prompt": PROMPTS[0], "max_new_tokens": 400})
-        got["c"] = post(app, {"prompt": PROMPTS[2], "max_new_tokens": 4})
-
-    a = threading.Thread(target=client_a)
-    a.start()
+    t = threading.Thread(target=long_one)
+    t.start()
     give_up = time.monotonic() + 30
-    while not (batcher_of(app) and batcher_of(app).batches):  # A is running
-        assert time.monotonic() < give_up
-        time.sleep(0.002)
-    got["b"] = post(app, {"prompt": PROMPTS[1], "max_new_tokens": 4})
-    a.join(60)
-    assert got["a"]["usage"]["completion_tokens"] > 100  # B really queued behind A
-    assert list(batcher_of(app).batches) == [1, 2]
+    while engine.steps < 20:  # the long one is decoding
+        assert time.monotonic() < give_up and t.is_alive()
+        time.sleep(0.001)
+    t0 = time.monotonic()
+    short = post(batched, {"prompt": PROMPTS[0], "max_new_tokens": 4})
+    done_at["short"] = time.monotonic()
+    t.join(120)
+    assert short["usage"]["completion_tokens"] <= 4
+    assert done_at["long_body"]["usage"]["completion_tokens"] > 1000  # it really ran long
+    assert done_at["long"] - done_at["short"] > 3 * (done_at["short"] - t0)
+    assert 2 in engine.sizes  # the short one joined the running batch
 
 
-def make_request(text: str, max_new: int) -> GenerationRequest:
-    params = SamplingParams(max_new_tokens=max_new, temperature=0.0)
+def test_a_seed_gives_the_same_text_alone_or_batched_and_touches_no_global_rng(apps):
+    alone, batched = apps
+    seeded = {"prompt": PROMPTS[0], "max_new_tokens": 12, "temperature": 1.0, "seed": 42}
+    state = torch.get_rng_state()
+    first = post(alone, seeded)
+    assert torch.equal(torch.get_rng_state(), state)  # the process-wide RNG is untouched
+    others = [{"prompt": PROMPTS[0], "max_new_tokens": 12, "temperature": 1.0}] * 3
+    got, _ = together(batched, [seeded, *others])
+    assert got[0]["response"] == first["response"]
+    # Unseeded requests right after a seeded one draw their own numbers (a global
+    # torch.manual_seed made the next unseeded request repeat the seeded text).
+    after = [post(alone, others[0])["response"] for _ in range(3)]
+    assert any(text != first["response"] for text in after)
+    assert len({g["response"] for g in got[1:]} | set(after)) > 1
+
+
+def make_request(text: str, max_new: int, **params) -> GenerationRequest:
+    params = SamplingParams(max_new_tokens=max_new, temperature=0.0, **params)
     return GenerationRequest(MODEL, [Message("user", [Part("text", text=text)])], params)
 
 
-def test_a_cancelled_row_stops_early_and_the_others_are_unaffected(apps):
+def submit(lm, engine, text: str, max_new: int):
+    req = make_request(text, max_new)
+    cancel = threading.Event()
+    sampling = row_sampling({}, req.params, 4096)
+    return engine.submit(lm.handler.prepare(lm, req), sampling, cancel), cancel
+
+
+def test_a_cancelled_row_leaves_the_batch_within_a_few_tokens_and_the_others_go_on(apps):
     alone, batched = apps
-    n = 150
+    n = 300
     lease = batched.extensions["mmserve"].manager.acquire(MODEL)
     try:
         lm = lease.model
-        batcher = Batcher(lm, max_size=4, max_wait=0.5)
-        handles, cancels = [], []
-        for text in PROMPTS[:2]:
-            prepared = lm.handler.prepare(lm, make_request(text, n))
-            kwargs = sampling_kwargs({}, make_request(text, n).params, 4096)
-            cancels.append(threading.Event())
-            handles.append(batcher.submit(prepared, kwargs, cancels[-1]))
+        engine = lm.engine
+        gather(engine, 2)
+        (row, cancel), (other_row, _) = [submit(lm, engine, t, n) for t in PROMPTS[:2]]
         pieces = []
-        for piece in handles[0].deltas():
+        for piece in row.deltas():
             pieces.append(piece)
             if len(pieces) == 3:
-                cancels[0].set()
-        assert handles[0].finish_reason == "cancelled"
-        assert len(handles[0].completion_ids) <= 8
-        assert not handles[1].done.is_set()  # the other row is still generating
-        other = "".join(handles[1].deltas())
-        batcher.close()
+                seen = len(row.completion_ids)
+                cancel.set()
+        assert row.finish_reason == "cancelled"
+        assert len(row.completion_ids) <= seen + 4
+        assert not other_row.done.is_set()  # the other row is still generating
+        other = "".join(other_row.deltas())
     finally:
         lease.release()
-    assert list(batcher.batches) == [2]
+    assert 2 in engine.sizes
     expected = post(alone, {"prompt": PROMPTS[1], "max_new_tokens": n})
     assert other == expected["response"]
-    assert len(handles[1].completion_ids) == expected["usage"]["completion_tokens"]
+    assert len(other_row.completion_ids) == expected["usage"]["completion_tokens"]
 
 
-def test_closing_a_stream_cancels_its_row_and_the_batcher_closes_on_unload(apps):
+def test_closing_a_stream_cancels_its_row_and_the_engine_closes_on_unload(apps):
     _, batched = apps
     rt = batched.extensions["mmserve"]
-    events = rt.service.stream(make_request(PROMPTS[0], 300))
+    engine = engine_of(batched)
+    events = rt.service.stream(make_request(PROMPTS[0], 1000))
     first = next(events)
     assert isinstance(first, str)
     t0 = time.monotonic()
     events.close()  # the client went away
     assert time.monotonic() - t0 < 2.0
-    batcher = batcher_of(batched)
+    give_up = time.monotonic() + 2
+    while engine.running and time.monotonic() < give_up:  # it leaves at the engine's next step
+        time.sleep(0.001)
+    assert not engine.running and engine.cache is None  # evicted, the cache freed
     assert rt.manager.unload(MODEL)["unloaded"] is True
-    assert batcher.closed and not batcher._thread.is_alive()
+    assert engine.closed and not engine._thread.is_alive()
 
 
-def test_a_failed_batch_raises_in_every_request_of_it(apps, monkeypatch):
+def test_a_failed_step_raises_in_every_request_of_the_batch(apps, monkeypatch):
     _, batched = apps
     lease = batched.extensions["mmserve"].manager.acquire(MODEL)
     try:
         lm = lease.model
-        batcher = Batcher(lm, max_size=4, max_wait=0.3)
+        engine = lm.engine
 
         def boom(*args, **kwargs):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-        monkeypatch.setattr(lm.handler, "generate", boom)
-        handles = []
-        for text in PROMPTS[:2]:
-            req = make_request(text, 4)
-            kwargs = sampling_kwargs({}, req.params, 4096)
-            handles.append(batcher.submit(lm.handler.prepare(lm, req), kwargs, threading.Event()))
-        for h in handles:
+        monkeypatch.setattr(engine, "_forward", boom)
+        gather(engine, 2)
+        rows = [submit(lm, engine, t, 4)[0] for t in PROMPTS[:2]]
+        for row in rows:
             with pytest.raises(torch.cuda.OutOfMemoryError):
-                h.result()
-        batcher.close()
+                "".join(row.deltas())
+        monkeypatch.undo()
+        assert "".join(submit(lm, engine, PROMPTS[0], 3)[0].deltas())  # it still serves
     finally:
         lease.release()
-    assert list(batcher.batches) == [2]
+
+
+def test_kv_budget_exhaustion_queues_then_answers_503_and_never_crashes(make_app, monkeypatch):
+    per_token = 2 * 2 * 2 * 16 * 4  # (k, v) x layers x kv heads x head_dim x float32 bytes
+    budget = 600 * per_token
+    app = make_app([tiny_entry(MODEL)], kv_cache_gb=budget / 1024**3, queue_timeout=0.5)
+    rt = app.extensions["mmserve"]
+    rt.manager.load(MODEL)
+    engine = engine_of(app)
+    assert engine.per_token == per_token and engine.kv_budget == budget
+    client = app.test_client()
+    # Over the whole budget alone: refused at once, naming the field.
+    r = client.post(f"/generate/{MODEL}", json={"prompt": PROMPTS[0], "max_new_tokens": 600})
+    assert r.status_code == 400 and r.get_json()["param"] == "max_tokens"
+    forward = engine._forward
+
+    def slow_forward(*args):  # the long request holds its cache room for > 2 s
+        time.sleep(0.005)
+        return forward(*args)
+
+    monkeypatch.setattr(engine, "_forward", slow_forward)
+    got = {}
+    long_body = {"prompt": PROMPTS[0], "max_new_tokens": 450}
+    t = threading.Thread(target=lambda: got.setdefault("long", post(app, long_body)))
+    t.start()
+    give_up = time.monotonic() + 30
+    while engine.steps < 5:
+        assert time.monotonic() < give_up and t.is_alive()
+        time.sleep(0.001)
+    status = client.get("/admin/model_status").get_json()["models"][MODEL]
+    assert status["kv_cache_bytes"] > 0 and status["bytes"] > status["kv_cache_bytes"]
+    r = client.post(f"/generate/{MODEL}", json={"prompt": PROMPTS[1], "max_new_tokens": 100})
+    assert r.status_code == 503, r.get_data(as_text=True)
+    assert r.headers["Retry-After"] and r.get_json()["code"] == "queue_timeout"
+    t.join(60)
+    assert got["long"]["usage"]["completion_tokens"] == 450  # unharmed
+    monkeypatch.undo()
+    assert post(app, {"prompt": PROMPTS[1], "max_new_tokens": 100})["response"]
+    assert engine._thread.is_alive() and engine.cache is None

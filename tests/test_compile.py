@@ -1,8 +1,13 @@
-"""Static KV cache + torch.compile for the text family (settings text_compile*), on the CPU."""
+"""Static KV cache + torch.compile for the text family (settings text_compile*), on the CPU.
+
+A compiled model does not run on the continuous-batching engine (its static cache has one
+batch shape per call, and CUDA graphs belong to the thread that recorded them): it runs one
+request at a time through generate on its own thread (mmserve.serial.SerialEngine)."""
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from torch._dynamo.utils import counters
@@ -10,9 +15,10 @@ from torch._dynamo.utils import counters
 from mmserve.families.text import is_compiled, static_cache_len
 from mmserve.loader import plan_for
 from mmserve.models_config import validate_entry
+from mmserve.serial import SerialEngine
 from mmserve.settings import Settings
 from tests.conftest import tiny_entry
-from tests.test_batching import PROMPTS, batcher_of, post, same, together
+from tests.test_batching import PROMPTS, engine_of, post, same
 
 MODEL = "tiny_text"
 
@@ -47,7 +53,7 @@ def test_compile_settings_are_checked_and_planned_for_text_models_only():
 
 @pytest.fixture(scope="module")
 def compiled_pair(tiny_models_dir, tmp_path_factory):
-    """(eager, compiled): the tiny text model alone and compiled, each with batching on."""
+    """(eager, compiled): the tiny text model on the engine, and compiled."""
     from app import create_app
 
     apps = []
@@ -64,8 +70,6 @@ def compiled_pair(tiny_models_dir, tmp_path_factory):
             "log_dir": tmp / "logs",
             "default_keep_alive": -1,
             "batch_max_size": 8,
-            "batch_max_wait_ms": 500,
-            "batch_max_gap_ms": 500,
             **extra,
         }
         apps.append(create_app(config))
@@ -90,12 +94,17 @@ def test_a_compiled_model_answers_like_the_eager_one_alone_batched_and_streamed(
     for b, e in zip(bodies, expected, strict=True):
         same(e, post(compiled, b))
         same(e, post(compiled, dict(b, stream=True)))
-    got, _ = together(compiled, bodies + [dict(b, stream=True) for b in bodies])
+    engine = engine_of(compiled)
+    calls = engine.calls
+    with ThreadPoolExecutor(8) as pool:  # concurrent requests queue on the one thread
+        got = list(
+            pool.map(lambda b: post(compiled, b), bodies + [dict(b, stream=True) for b in bodies])
+        )
     for i, e in enumerate(expected):
         same(e, got[i])
         same(e, got[i + 4])
-    assert 8 in batcher_of(compiled).batches  # one padded batch of 8 ran compiled
-    # Batch sizes 1 and 8, masks with and without padding: all covered by the warm-up.
+    assert isinstance(engine, SerialEngine) and engine.calls == calls + 8
+    # Every shape the requests needed was covered by the warm-up.
     assert counters["stats"]["unique_graphs"] == graphs
     # A request longer than text_cache_len gets a longer cache, without compiling again;
     # the next short one is back to the smallest cache.
@@ -107,7 +116,7 @@ def test_a_compiled_model_answers_like_the_eager_one_alone_batched_and_streamed(
     assert counters["stats"]["unique_graphs"] == graphs
 
 
-def test_a_compiled_model_runs_on_its_own_thread_even_with_batching_off(compiled_pair, make_app):
+def test_a_compiled_model_runs_on_its_own_thread(compiled_pair, make_app):
     app = make_app([tiny_entry(MODEL)], batch_max_size=1, text_compile="all",
                    text_compile_mode="default", text_cache_len=64)  # fmt: skip
     app.extensions["mmserve"].manager.load(MODEL)
@@ -123,6 +132,5 @@ def test_a_compiled_model_runs_on_its_own_thread_even_with_batching_off(compiled
     lm.handler.generate = spy
     post(app, {"prompt": PROMPTS[0], "max_new_tokens": 3})
     post(app, {"prompt": PROMPTS[1], "max_new_tokens": 3, "stream": True})
-    batcher = batcher_of(app)
-    assert batcher is not None and batcher.max_size == 1
-    assert seen == [f"batcher-{MODEL}"] * 2
+    assert isinstance(engine_of(app), SerialEngine)
+    assert seen == [f"engine-{MODEL}"] * 2

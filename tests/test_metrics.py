@@ -36,7 +36,7 @@ def test_metrics_follow_requests_loads_and_unloads(make_app):
     assert m["mmserve_requests_total{model=-,route=/generate/<model>,status=404}"] == 1
     assert m["mmserve_request_duration_seconds_count{model=tiny_text,route=/generate/<model>}"] == 2
     assert m["mmserve_generated_tokens_total{model=tiny_text}"] >= tokens
-    assert m["mmserve_time_to_first_token_seconds_count{model=tiny_text}"] == 1
+    assert m["mmserve_time_to_first_token_seconds_count{model=tiny_text}"] == 2  # both requests
     assert m["mmserve_model_loads_total{model=tiny_text}"] == 1
     assert m["mmserve_model_load_seconds_count{model=tiny_text}"] == 1
     assert m["mmserve_model_loaded{model=tiny_text}"] == 1

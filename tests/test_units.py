@@ -11,8 +11,8 @@ import pytest
 from mmserve.durations import parse_keep_alive
 from mmserve.errors import BadRequest, OutOfMemory, to_server_error
 from mmserve.eviction import Candidate, choose_victims
-from mmserve.generation import StopText
 from mmserve.models_config import MODELS_CONFIG, ConfigError, build_table, validate_entry
+from mmserve.rows import StopText
 from mmserve.settings import Settings
 from tests.conftest import ROOT
 

@@ -53,6 +53,15 @@ class FamilyHandler:
     def warm_up(self, lm) -> None:
         """Run once right after loading, on the model's device (e.g. to compile it)."""
 
+    def make_engine(self, lm, settings):
+        """What runs this model's generations; the manager makes it at load, closes it at
+        unload. Default: one `generate` at a time on the model's own thread."""
+        if not self.generates:
+            return None
+        from ..serial import SerialEngine
+
+        return SerialEngine(lm)
+
     # --- inputs -----------------------------------------------------------
     def check_request(self, spec: ModelSpec, req: GenerationRequest) -> None:
         """Family rules checked before the model is loaded; raise BadRequest to refuse."""

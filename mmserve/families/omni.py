@@ -79,7 +79,7 @@ class OmniHandler(FamilyHandler):
     def load(self, spec, path, plan):
         model, processor = super().load(spec, path, plan)
         if hasattr(model, "thinker"):
-            # trim_completion reads the top-level generation config; text ends where the
+            # eos_ids reads the top-level generation config; text ends where the
             # thinker's does.
             model.generation_config.eos_token_id = model.thinker.generation_config.eos_token_id
         return model, processor

@@ -36,7 +36,23 @@ class TextHandler(FamilyHandler):
     family = "text"
     default_loader = "AutoModelForCausalLM"
     default_processor = "AutoTokenizer"
-    batchable = True  # concurrent requests may share one padded generate (mmserve.batching)
+    batchable = True  # concurrent requests share one continuous batch (mmserve.engine)
+
+    def make_engine(self, lm, settings):
+        """The continuous-batching engine; compiled models (static cache, CUDA graphs bound to
+        one thread) and caches that cannot be merged by padding run one request at a time."""
+        from ..engine import TextEngine, kv_budget
+        from ..kvcache import new_cache
+
+        if is_compiled(lm) or new_cache(lm.model.config) is None:
+            return super().make_engine(lm, settings)
+        return TextEngine(
+            lm,
+            max(1, settings.batch_max_size),
+            kv_budget(lm, settings),
+            settings.queue_timeout,
+            settings.prefill_chunk_tokens,
+        )
 
     def load(self, spec, path, plan):
         model, processor = super().load(spec, path, plan)

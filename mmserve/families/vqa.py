@@ -25,7 +25,7 @@ class VQAHandler(FamilyHandler):
     def load(self, spec, path, plan):
         model, processor = super().load(spec, path, plan)
         gc = model.generation_config
-        if gc.eos_token_id is None:  # the decoder stops at [SEP]; trim_completion reads this
+        if gc.eos_token_id is None:  # the decoder stops at [SEP]; eos_ids reads this
             gc.eos_token_id = getattr(model.config.text_config, "sep_token_id", None)
         return model, processor
 

@@ -1,0 +1,300 @@
+"""Continuous batching for one loaded text model: iteration-level scheduling on one thread.
+
+Each step the engine (a) admits waiting requests while there are free rows and KV cache
+budget, prefilling them as one left-padded group in chunks of about `prefill_chunk`
+tokens (one chunk per step, so running rows wait one chunk at most) and then merging
+their KV into the running batch; (b) runs one decode forward for every running row;
+(c) samples each row with its own processors and generator (`mmserve.sampling`); and
+(d) hands each row its token (`mmserve.rows.Row`: text, stops, limits) and evicts the
+rows that finished or were cancelled from the cache at once.
+
+Locking rules:
+- `_cond` guards `waiting` and `closed`. It is never held while the model runs.
+- Only the engine thread touches the model, the cache, `running` and `job`; other threads
+  end rows only through `Row.fail`/`Row.finish` (the engine evicts done rows each step).
+- KV budget: the rows admitted (running and prefilling) reserve rows x their longest
+  final length (prompt + max new tokens) x bytes per token, an upper bound of the padded
+  cache, so the cache never grows past `kv_budget` bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import torch
+
+from .errors import BadRequest, Unavailable
+from .generation import eos_ids, left_pad
+from .kvcache import cache_bytes, keep_rows, merge, new_cache, per_token_bytes
+from .rows import Row
+from .sampling import RowSampling, Sampler
+
+log = logging.getLogger("mmserve.engine")
+MB = 1024**2
+
+
+class Seq:
+    """A request inside the engine: its row, its sampler and its place in the cache."""
+
+    __slots__ = ("row", "sampler", "prompt", "reserve", "deadline", "length", "last")
+
+    def __init__(self, row: Row, sampler: Sampler, prompt: torch.Tensor, reserve: int, deadline):
+        self.row = row
+        self.sampler = sampler
+        self.prompt = prompt  # (prompt_tokens,) ids on the model's device
+        self.reserve = reserve  # tokens it may hold at most: prompt + max new tokens
+        self.deadline = deadline
+        self.length = 0  # its real tokens in the cache
+        self.last: int | None = None  # its latest token, not in the cache yet
+
+    def history(self) -> torch.Tensor:
+        """(1, L): prompt and generated ids, what processors such as penalties read."""
+        done = torch.tensor(self.row.completion_ids, dtype=torch.long, device=self.prompt.device)
+        return torch.cat([self.prompt, done])[None]
+
+
+class Prefill:
+    """A group of admitted requests prefilled together, chunk by chunk, in its own cache."""
+
+    def __init__(self, seqs: list[Seq], pad_id: int, config):
+        self.seqs = seqs
+        self.ids, self.mask = left_pad([s.prompt for s in seqs], pad_id, seqs[0].prompt.device)
+        self.pos = self.mask.cumsum(-1) - 1
+        self.pos.masked_fill_(self.mask == 0, 1)  # as generate does for left padding
+        self.cache = new_cache(config)
+        self.offset = 0
+
+
+class TextEngine:
+    """Runs every request of one text model in one continuously refilled batch."""
+
+    def __init__(self, lm, max_rows: int, kv_budget: int, queue_timeout: float, prefill_chunk=512):
+        if max_rows < 1 or kv_budget <= 0 or prefill_chunk < 1:
+            raise ValueError("batch_max_size, the KV budget and prefill_chunk must be positive")
+        self.lm = lm
+        self.model = lm.model
+        self.name = lm.spec.name
+        self.max_rows = max_rows
+        self.kv_budget = int(kv_budget)
+        self.queue_timeout = queue_timeout
+        self.prefill_chunk = prefill_chunk
+        self.per_token = per_token_bytes(lm.model.config, lm.model.dtype)
+        self.eos = eos_ids(lm)
+        tok = lm.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.pad_id = pad if pad is not None else 0
+        self.waiting: deque[Seq] = deque()
+        self.running: list[Seq] = []
+        self.job: Prefill | None = None
+        self.cache = self.mask = None
+        self.closed = False
+        self.steps = 0  # decode forwards run
+        self.sizes: deque[int] = deque(maxlen=10000)  # rows in each recent decode forward
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
+        self._thread.start()
+
+    # --- any thread -------------------------------------------------------
+    def submit(self, prepared, sampling: RowSampling, cancel: threading.Event) -> Row:
+        """Queue one request; its Row at once. BadRequest if it can never fit the KV budget."""
+        prompt = prepared.inputs["input_ids"][0]
+        reserve = int(prompt.shape[0]) + sampling.max_new_tokens
+        if reserve * self.per_token > self.kv_budget:
+            raise BadRequest(
+                f"prompt and max tokens ({reserve} tokens) need "
+                f"{reserve * self.per_token / MB:.1f} MB of KV cache; model '{self.name}' has "
+                f"{self.kv_budget / MB:.1f} MB (setting kv_cache_gb): ask for fewer tokens",
+                param="max_tokens",
+                code="limit_exceeded",
+            )
+        row = Row(self.lm.tokenizer, self.eos, sampling.max_new_tokens, sampling.stop, cancel)
+        sampler = Sampler(sampling, self.model.device)
+        seq = Seq(row, sampler, prompt, reserve, time.monotonic() + self.queue_timeout)
+        with self._cond:
+            if self.closed:
+                raise Unavailable(f"model '{self.name}' is unloading; try again")
+            self.waiting.append(seq)
+            self._cond.notify()
+        return row
+
+    def cache_bytes(self) -> int:
+        """Bytes the KV cache holds now (running rows and a prefill in progress)."""
+        job = self.job
+        return cache_bytes(self.cache) + (cache_bytes(job.cache) if job is not None else 0)
+
+    def reserved_bytes(self) -> int:
+        job = self.job
+        return self._reserved(self.running + (job.seqs if job is not None else []))
+
+    def abort(self, error: BaseException) -> None:
+        """End every request now with `error` (the engine evicts them at its next step)."""
+        with self._cond:
+            seqs = list(self.waiting) + list(self.running)
+            seqs += self.job.seqs if self.job is not None else []
+            self.waiting.clear()
+            self._cond.notify()
+        for s in seqs:
+            s.row.fail(error)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread and free the cache; requests not finished get 503."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        self.abort(Unavailable(f"model '{self.name}' was unloaded; try again"))
+        self.cache = self.mask = self.job = None
+
+    # --- the engine thread ------------------------------------------------
+    def _reserved(self, seqs: list[Seq]) -> int:
+        if not seqs:
+            return 0
+        return len(seqs) * max(s.reserve for s in seqs) * self.per_token
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self.waiting or self.running or self.job or self.closed):
+                        self._cond.wait()
+                    if self.closed:
+                        return
+                    taken = self._admit()
+                    if not (taken or self.running or self.job):
+                        self._cond.wait(0.05)  # only rows that expired or were cancelled
+                        continue
+                try:
+                    if taken:
+                        self.job = Prefill(taken, self.pad_id, self.model.config)
+                    if self.job is not None:
+                        self._prefill_step()
+                    self._drop_done()
+                    if self.running:
+                        self._decode_step()
+                except BaseException as exc:  # noqa: BLE001 - every open row gets the error
+                    log.warning("step on %s failed: %s", self.name, type(exc).__name__)
+                    seqs = self.running + (self.job.seqs if self.job is not None else [])
+                    for s in seqs:
+                        s.row.fail(exc)
+                    self.running, self.job, self.cache, self.mask = [], None, None, None
+
+    def _admit(self) -> list[Seq]:
+        """Waiting requests that start now, in arrival order (under `_cond`)."""
+        now = time.monotonic()
+        for s in list(self.waiting):
+            if s.row.done.is_set():
+                self.waiting.remove(s)
+            elif s.row.cancel_event.is_set():
+                self.waiting.remove(s)
+                s.row.finish("cancelled")
+            elif now > s.deadline:
+                self.waiting.remove(s)
+                s.row.fail(
+                    Unavailable(
+                        f"timed out waiting for KV cache room on model '{self.name}'",
+                        code="queue_timeout",
+                        headers={"Retry-After": "1"},
+                    )
+                )
+        if self.job is not None:
+            return []  # one prefill group at a time
+        taken: list[Seq] = []
+        while self.waiting and len(self.running) + len(taken) < self.max_rows:
+            if self._reserved(self.running + taken + [self.waiting[0]]) > self.kv_budget:
+                break  # the oldest waits for room; later ones do not overtake it
+            taken.append(self.waiting.popleft())
+        return taken
+
+    def _forward(self, ids, mask, pos, cache):
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :]
+
+    def _prefill_step(self) -> None:
+        """One chunk of the prefill group; after the last one its rows join the batch."""
+        job = self.job
+        rows, width = job.ids.shape
+        end = min(width, job.offset + max(16, self.prefill_chunk // rows))
+        sl = slice(job.offset, end)
+        logits = self._forward(job.ids[:, sl], job.mask[:, :end], job.pos[:, sl], job.cache)
+        job.offset = end
+        if end < width:
+            return
+        self.job = None
+        keep = []
+        for i, (s, token) in enumerate(zip(job.seqs, self._sample(job.seqs, logits), strict=True)):
+            s.length, s.last = int(s.prompt.shape[0]), token
+            if not s.row.push(token):
+                keep.append(i)
+        cache, mask = keep_rows(job.cache, job.mask, keep)
+        if cache is not None:
+            self.cache, self.mask = merge(self.cache, self.mask, cache, mask)
+            self.running.extend(job.seqs[i] for i in keep)
+
+    def _decode_step(self) -> None:
+        seqs = self.running
+        device = self.mask.device
+        ids = torch.tensor([[s.last] for s in seqs], dtype=torch.long, device=device)
+        pos = torch.tensor([[s.length] for s in seqs], dtype=torch.long, device=device)
+        mask = torch.cat([self.mask, self.mask.new_ones((len(seqs), 1))], dim=1)
+        logits = self._forward(ids, mask, pos, self.cache)
+        self.mask = mask
+        self.steps += 1
+        self.sizes.append(len(seqs))
+        for s, token in zip(seqs, self._sample(seqs, logits), strict=True):
+            s.length += 1
+            s.last = token
+            s.row.push(token)
+        self._drop_done()
+
+    def _drop_done(self) -> None:
+        """Evict rows that finished, failed or were cancelled (≤ 1 token after a cancel)."""
+        keep = []
+        for i, s in enumerate(self.running):
+            if not s.row.done.is_set() and s.row.cancel_event.is_set():
+                s.row.finish("cancelled")
+            if not s.row.done.is_set():
+                keep.append(i)
+        if len(keep) < len(self.running):
+            self.cache, self.mask = keep_rows(self.cache, self.mask, keep)
+            self.running = [self.running[i] for i in keep]
+
+    def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> list[int]:
+        """Each row's next token; plain greedy rows in one argmax, the others one by one."""
+        out = [0] * len(seqs)
+        plain = [i for i, s in enumerate(seqs) if s.sampler.plain_greedy]
+        if plain:
+            picks = logits[plain].argmax(dim=-1).tolist()
+            for i, token in zip(plain, picks, strict=True):
+                out[i] = token
+        for i, s in enumerate(seqs):
+            if not s.sampler.plain_greedy:
+                history = s.history() if s.sampler.processors else s.prompt[None]
+                out[i] = s.sampler(history, logits[i : i + 1])
+        return out
+
+
+def kv_budget(lm, settings) -> int:
+    """Bytes of KV cache the model's engine may hold: `kv_cache_gb`, or by default a quarter
+    of the memory free at load (at least one row of min(context, 4096) tokens)."""
+    if settings.kv_cache_gb is not None:
+        return int(settings.kv_cache_gb * 1024**3)
+    if lm.model.device.type == "cuda":
+        free = torch.cuda.mem_get_info(lm.model.device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    per_token = per_token_bytes(lm.model.config, lm.model.dtype)
+    one_row = min(lm.context or 4096, 4096) * per_token
+    return int(max(free // 4, one_row))
