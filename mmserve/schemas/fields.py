@@ -96,22 +96,3 @@ def get_stop(body: dict, key: str = "stop", param=None) -> list[str]:
             param=param or key,
         )
     return value
-
-
-def read_json(request, param: str | None = "body"):
-    """The request's JSON body. Reading it first lets a body over the limit (also a chunked
-    one, capped as it is read) raise 413 instead of being mistaken for bad JSON."""
-    import json
-
-    from ..errors import PayloadTooLarge
-
-    data = request.get_data(cache=True)
-    limit = request.max_content_length
-    # A chunked body is read only up to the limit (werkzeug stops there without raising):
-    # one that fills it is over it.
-    if limit is not None and len(data) >= limit:
-        raise PayloadTooLarge("request body is too large")
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body must be valid JSON", param=param) from None
