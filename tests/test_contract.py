@@ -217,3 +217,29 @@ def test_a_vision_entry_without_capabilities_takes_images(make_app):
     assert r.status_code == 200, r.get_json()
     model = client.get("/v1/models/tiny_vl").get_json()
     assert set(model["capabilities"]) == {"text", "image", "video"}
+
+
+def test_fields_a_route_could_only_drop_are_refused(app):
+    """Fields that are read but could not be honoured are 400s too, never dropped."""
+    client = app.test_client()
+    r = client.post("/generate/tiny_text", json={"prompt": "x", "return_audio": True})
+    assert r.status_code == 400 and r.get_json()["param"] == "return_audio"
+    r = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tiny_text",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream_options": {"include_usage": True},
+        },
+    )
+    assert r.status_code == 400 and r.get_json()["error"]["param"] == "stream_options"
+    r = client.post(
+        "/v1/audio/transcriptions",
+        data={
+            "model": "tiny_audio",
+            "file": (io.BytesIO(make_audio("wav", seconds=0.5)), "a.wav"),
+            "language": "x" * 40,
+        },
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 400 and r.get_json()["error"]["param"] == "language"

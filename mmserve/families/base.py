@@ -34,6 +34,7 @@ class FamilyHandler:
     # The inputs the family's models take: the default of a table entry's `capabilities`
     # (an entry may narrow it, never widen it).
     capabilities: tuple[str, ...] = ("text",)
+    speaks = False  # can answer with speech too (a native request's `return_audio`)
     default_loader = "AutoModelForCausalLM"
     default_processor = "AutoTokenizer"
     generates = True  # False for embedding models

@@ -8,7 +8,8 @@ import logging
 from flask import Blueprint, Response, g, jsonify, stream_with_context
 
 from ..body import json_fields, reads_body
-from ..errors import to_server_error
+from ..errors import BadRequest, to_server_error
+from ..families import get_handler
 from ..runtime import get_runtime
 from ..schemas.native import parse_generate
 
@@ -38,9 +39,14 @@ def generate(model: str):
     """Generate text (or stream it as NDJSON) with any table model."""
     rt = get_runtime()
     g.model = model
-    rt.manager.spec(model)  # 404 before the body is even parsed
+    spec = rt.manager.spec(model)  # 404 before the body is even parsed
     with json_fields() as body, rt.tmp.scope() as tmp_dir:
         req, stream = parse_generate(model, body, rt.settings, tmp_dir)
+    if req.return_audio and not get_handler(spec.family).speaks:
+        raise BadRequest(
+            f"model '{model}' answers with text only; 'return_audio' needs an omni model",
+            param="return_audio",
+        )
     if not stream:
         result = rt.service.generate(req)
         g.tokens = result.completion_tokens
