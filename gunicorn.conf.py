@@ -22,6 +22,8 @@ if str(_ROOT) not in sys.path:  # the `gunicorn` script's sys.path[0] is its bin
 
 from mmserve.preflight import check_or_exit as _check_or_exit  # noqa: E402
 
+# This imports the family handlers (torch, transformers) in the master; the worker forked from
+# it inherits them instead of importing them itself, so the start takes no longer.
 _check_or_exit()
 
 host = os.environ.get("MMSERVE_HOST", "127.0.0.1")
