@@ -48,6 +48,10 @@ def main(argv=None) -> int:
         env["MMSERVE_PRELOAD"] = " ".join(args.preload)
     env["MMSERVE_HOST"], env["MMSERVE_PORT"] = args.host, str(args.port)
     env["MMSERVE_THREADS"] = str(args.threads)
+    if args.download is not None or args.debug:
+        from mmserve.preflight import check_or_exit
+
+        check_or_exit()  # one line and exit 2 on bad settings or table, as in gunicorn.conf.py
     if args.download is not None:
         from utils.download_model import main as download_main
 
@@ -55,9 +59,6 @@ def main(argv=None) -> int:
         return download_main(list(args.download) + extra)
     if args.debug:
         from app import create_app
-        from mmserve.preflight import check_or_exit
-
-        check_or_exit()  # one line and exit 2 on a bad table, as under gunicorn.conf.py
 
         create_app().run(host=args.host, port=args.port, threaded=True, use_reloader=False)
         return 0

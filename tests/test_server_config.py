@@ -18,6 +18,7 @@ from tests.test_table_config import CASES
 LAUNCHERS = {
     "main.py": [sys.executable, str(ROOT / "main.py")],
     "main.py --debug": [sys.executable, str(ROOT / "main.py"), "--debug"],
+    "main.py --download": [sys.executable, str(ROOT / "main.py"), "--download", "smollm2"],
     "gunicorn": [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
 }
 
@@ -36,6 +37,7 @@ def server_env(tmp_path, **extra) -> dict:
         ("main.py", "unknown-family"),
         ("main.py", "missing-field"),
         ("main.py --debug", "unknown-family"),
+        ("main.py --download", "bad-json"),
         ("gunicorn", "missing-field"),
     ],
 )
