@@ -123,3 +123,30 @@ def test_two_servers_on_one_machine_keep_their_own_control_sockets(tmp_path):
     finally:
         for server in servers:
             server.stop()
+
+
+def test_a_second_server_sharing_tmp_never_removes_the_firsts_request_folders(tmp_path):
+    """Two servers from one checkout share tmp/: emergency_cleanup on one must not delete the
+    media of a request running on the other."""
+    from utils.tmp_manage import TempManager
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        root = tmp_path / "tmp"
+        theirs = root / f"req-{other.pid}-0123"
+        theirs.mkdir(parents=True)
+        (theirs / "clip.mp4").write_bytes(b"x")
+        stray = root / "stray.bin"
+        stray.write_bytes(b"y")
+        mine = TempManager(root, ttl_seconds=0)
+        with mine.scope() as folder:
+            assert folder.name.startswith(f"req-{os.getpid()}-")
+            mine.cleanup_all()
+            assert folder.is_dir() and theirs.is_dir() and not stray.exists()
+        other.kill()
+        other.wait()
+        mine.sweep()
+        assert not theirs.exists(), "a dead process's folder is a leftover"
+    finally:
+        other.kill()
+        other.wait()
