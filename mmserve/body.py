@@ -62,7 +62,9 @@ def reads_body(view):
 
 def _lenient() -> bool:
     """Unknown fields are tolerated (and reported) only on the OpenAI-compatible routes."""
-    return request.path == "/v1" or request.path.startswith("/v1/")
+    from .http import is_openai_path  # here: http imports this module
+
+    return is_openai_path(request.path)
 
 
 def _raw() -> bytes:
