@@ -55,7 +55,7 @@ class Slot:
     active: int = 0
     last_used: float = 0.0
     expires_at: float | None = None
-    keep_alive: float | None = None  # the keep-alive armed at the last release (while loaded)
+    keep_alive: float | None = None  # set by the latest request admitted; armed at refs == 0
     timer: threading.Timer | None = None
     timer_gen: int = 0
     load_seconds: float | None = None
@@ -67,10 +67,9 @@ class Slot:
 class Lease:
     """A reference to a loaded model, held for one request. Release exactly once."""
 
-    def __init__(self, manager: ModelManager, slot: Slot, keep_alive: float | None):
+    def __init__(self, manager: ModelManager, slot: Slot):
         self.manager = manager
         self.slot = slot
-        self.keep_alive = keep_alive
         self._released = False
 
     @property
@@ -80,7 +79,7 @@ class Lease:
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.manager._release(self.slot, self.keep_alive)
+            self.manager._release(self.slot)
 
 
 class ModelManager:
@@ -147,13 +146,16 @@ class ModelManager:
                         )
                     slot.gate.wait(left)
                 slot.active += 1
+                # The latest request admitted sets the keep-alive armed when the last reference
+                # drops (as Ollama's sessionDuration): what /admin/load reports is what applies.
+                slot.keep_alive = self._keep_alive_for(slot, keep_alive)
             except BaseException:
                 slot.refs -= 1
-                self._after_release(slot, keep_alive)
+                self._after_release(slot)
                 raise
             finally:
                 slot.waiting -= 1
-        lease = Lease(self, slot, keep_alive)
+        lease = Lease(self, slot)
         try:
             self._ensure_loaded(slot)
         except BaseException:
@@ -280,21 +282,20 @@ class ModelManager:
             return max(s.max_concurrency, s.batch_max_size)
         return s.max_concurrency
 
-    def _release(self, slot: Slot, keep_alive: float | None) -> None:
+    def _release(self, slot: Slot) -> None:
         with self._lock:
             slot.active -= 1
             slot.refs -= 1
             slot.last_used = time.time()
             slot.gate.notify()
             self._changed.notify_all()
-            self._after_release(slot, keep_alive)
+            self._after_release(slot)
 
-    def _after_release(self, slot: Slot, keep_alive: float | None) -> None:
+    def _after_release(self, slot: Slot) -> None:
         """Called under _lock when a reference is dropped: arm the idle timer at zero."""
         if slot.refs > 0 or slot.state != "loaded":
             return
-        ka = self._keep_alive_for(slot, keep_alive)
-        slot.keep_alive = ka  # what status_of reports: the value in force, not the default
+        ka = slot.keep_alive if slot.keep_alive is not None else self._keep_alive_for(slot, None)
         if ka == 0:
             self._unload_locked(slot, reason="keep_alive=0")
         elif ka > 0:

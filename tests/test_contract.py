@@ -67,6 +67,22 @@ def test_the_keep_alive_of_a_generation_is_the_one_reported(app):
     assert status["expires_at"] == pytest.approx(time.time() + 7200, abs=30)
 
 
+def test_admin_load_while_in_use_reports_the_keep_alive_that_will_apply(app):
+    """The latest request admitted sets the keep-alive (as Ollama): a load during another
+    request's generation is not undone when that request ends."""
+    client = app.test_client()
+    manager = app.extensions["mmserve"].manager
+    lease = manager.acquire("tiny_text")  # a request without keep_alive: the default, 300 s
+    try:
+        body = client.post("/admin/load/tiny_text", json={"keep_alive": "1h"}).get_json()
+        assert (body["keep_alive"], body["ref_count"], body["expires_at"]) == (3600, 1, None)
+    finally:
+        lease.release()
+    status = client.get("/admin/model_status").get_json()["models"]["tiny_text"]
+    assert status["keep_alive"] == 3600
+    assert status["expires_at"] == pytest.approx(time.time() + 3600, abs=30)
+
+
 @pytest.mark.parametrize(
     "data, content_type",
     [
