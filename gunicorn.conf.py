@@ -26,19 +26,30 @@ from mmserve.preflight import check_or_exit as _check_or_exit  # noqa: E402
 # it inherits them instead of importing them itself, so the start takes no longer.
 _check_or_exit()
 
+
+def _int_env(name: str, default: int) -> int:
+    """An integer MMSERVE_* variable, or one line naming it and exit status 2."""
+    raw = os.environ.get(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        print(f"mmserve: configuration error: {name}={raw!r} is not an integer", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 host = os.environ.get("MMSERVE_HOST", "127.0.0.1")
-port = int(os.environ.get("MMSERVE_PORT", "5000"))
+port = _int_env("MMSERVE_PORT", 5000)
 bind = f"{host}:{port}"
 
 workers = 1  # never more: models are loaded once per process (see above)
 worker_class = "gthread"
-threads = int(os.environ.get("MMSERVE_THREADS", "8"))
+threads = _int_env("MMSERVE_THREADS", 8)
 
 # Seconds a silent worker may take before it is killed and restarted (long generations).
-timeout = int(os.environ.get("MMSERVE_TIMEOUT", "600"))
+timeout = _int_env("MMSERVE_TIMEOUT", 600)
 # Seconds to finish in-flight requests on SIGTERM; keep docker-compose's stop_grace_period
 # at least this long, and above MMSERVE_SHUTDOWN_TIMEOUT (the app's own drain, 30 s).
-graceful_timeout = int(os.environ.get("MMSERVE_GRACEFUL_TIMEOUT", "60"))
+graceful_timeout = _int_env("MMSERVE_GRACEFUL_TIMEOUT", 60)
 
 # Access log in the log folder (relative paths are taken from this file's folder);
 # gunicorn's own errors go to stderr. The app writes its own log files itself.

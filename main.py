@@ -17,11 +17,11 @@ def parse_args(argv=None):
         default=os.environ.get("MMSERVE_HOST", "127.0.0.1"),
         help="address to bind (default 127.0.0.1; use 0.0.0.0 only on purpose)",
     )
-    p.add_argument("--port", type=int, default=int(os.environ.get("MMSERVE_PORT", "5000")))
+    p.add_argument("--port", type=int, default=os.environ.get("MMSERVE_PORT", "5000"))
     p.add_argument(
         "--threads",
         type=int,
-        default=int(os.environ.get("MMSERVE_THREADS", "8")),
+        default=os.environ.get("MMSERVE_THREADS", "8"),
         help="request threads of the single gunicorn worker",
     )
     p.add_argument("--debug", action="store_true", help="run the Flask development server")

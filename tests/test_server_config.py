@@ -59,6 +59,25 @@ def test_a_bad_models_config_is_one_line_and_a_non_zero_exit(tmp_path, launcher,
     assert "Traceback" not in output and "Worker failed to boot" not in output
 
 
+@pytest.mark.parametrize(
+    "launcher, variable, value",
+    [
+        ("gunicorn", "MMSERVE_TIMEOUT", "soon"),
+        ("gunicorn", "MMSERVE_MAX_QUEUE", "many"),
+        ("main.py", "MMSERVE_PRELOAD", "no_such_model"),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_a_non_zero_exit(tmp_path, launcher, variable, value):
+    env = server_env(tmp_path, **{variable: value})
+    run = subprocess.run(
+        LAUNCHERS[launcher], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
+    )
+    output = (run.stdout + run.stderr).strip()
+    assert run.returncode == 2 and len(output.splitlines()) == 1, output
+    assert variable.removeprefix("MMSERVE_").lower() in output.lower() and value in output
+    assert "Traceback" not in output
+
+
 def test_responses_carry_a_single_charset(live_server):
     url = live_server.url
     responses = [
