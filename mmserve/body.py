@@ -130,9 +130,9 @@ def json_fields() -> Iterator[Fields]:
 
 @contextlib.contextmanager
 def form_fields() -> Iterator[tuple[Fields, Fields]]:
-    """(form, files) of a multipart/form-data body, settled like `json_fields`; any other
-    Content-Type is a 415 naming it."""
-    if request.mimetype != "multipart/form-data":
+    """(form, files) of a form body (multipart/form-data, which can carry files, or urlencoded),
+    settled like `json_fields`; any other Content-Type is a 415 naming it."""
+    if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         sent_as = request.headers.get("Content-Type") or "no Content-Type"
         raise UnsupportedMediaType(
             f"this route takes multipart/form-data (sent as {sent_as})", param=None
