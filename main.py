@@ -17,11 +17,11 @@ def parse_args(argv=None):
         default=os.environ.get("MMSERVE_HOST", "127.0.0.1"),
         help="address to bind (default 127.0.0.1; use 0.0.0.0 only on purpose)",
     )
-    p.add_argument("--port", type=int, default=int(os.environ.get("MMSERVE_PORT", "5000")))
+    p.add_argument("--port", type=int, default=os.environ.get("MMSERVE_PORT", "5000"))
     p.add_argument(
         "--threads",
         type=int,
-        default=int(os.environ.get("MMSERVE_THREADS", "8")),
+        default=os.environ.get("MMSERVE_THREADS", "8"),
         help="request threads of the single gunicorn worker",
     )
     p.add_argument("--debug", action="store_true", help="run the Flask development server")
@@ -59,6 +59,10 @@ def main(argv=None) -> int:
         env["MMSERVE_PRELOAD"] = " ".join(args.preload)
     env["MMSERVE_HOST"], env["MMSERVE_PORT"] = args.host, str(args.port)
     env["MMSERVE_THREADS"] = str(args.threads)
+    if args.download is not None or args.debug:
+        from mmserve.preflight import check_or_exit
+
+        check_or_exit()  # one line and exit 2 on bad settings or table, as in gunicorn.conf.py
     if args.download is not None:
         from utils.download_model import main as download_main
 
@@ -71,7 +75,8 @@ def main(argv=None) -> int:
 
         create_app().run(host=args.host, port=args.port, threaded=True, use_reloader=False)
         return 0
-    # One worker, so each model exists once in memory; threads give concurrency.
+    # One worker, so each model exists once in memory; threads give concurrency. gunicorn.conf.py
+    # checks the settings and the table before gunicorn starts (one line and exit 2 if bad).
     os.chdir(ROOT)
     cmd = [
         sys.executable,

@@ -16,7 +16,7 @@ class ServerError(Exception):
 
     status = 500
     type = "server_error"
-    code: str | None = None
+    code = "internal_error"  # every class has one; an instance may narrow it
 
     def __init__(
         self,
@@ -36,13 +36,15 @@ class ServerError(Exception):
         self.headers = dict(headers or {})
 
     def native_body(self) -> dict:
-        """The native envelope: {"error", "details"}."""
-        body = {"error": self.message, "details": self.details or self.type}
-        if self.param:
-            body["param"] = self.param
-        if self.code:
-            body["code"] = self.code
-        return body
+        """The native envelope, always these five keys: {"error": message, "type", "code",
+        "param": field or null, "details": more about the cause (e.g. the limit) or null}."""
+        return {
+            "error": self.message,
+            "type": self.type,
+            "code": self.code,
+            "param": self.param,
+            "details": self.details,
+        }
 
     def openai_body(self) -> dict:
         """The OpenAI envelope: {"error": {message, type, param, code}}."""
@@ -59,6 +61,7 @@ class ServerError(Exception):
 class BadRequest(ServerError):
     status = 400
     type = "invalid_request_error"
+    code = "invalid_request"
 
 
 class ContextLengthExceeded(BadRequest):
@@ -74,13 +77,24 @@ class Unauthorized(ServerError):
 class NotFound(ServerError):
     status = 404
     type = "not_found_error"
+    code = "not_found"
 
 
 class ModelNotFound(NotFound):
-    code = "model_not_found"
+    """404 for a name not in the table; the message lists the names there are."""
 
-    def __init__(self, name: str, param: str = "model"):
-        super().__init__(f"model '{name}' is not in the model table", param=param)
+    code = "model_not_found"
+    MAX_LISTED = 50
+
+    def __init__(self, name: str, available=(), param: str = "model"):
+        names = sorted(available)
+        listed = ", ".join(names[: self.MAX_LISTED]) or "none"
+        if len(names) > self.MAX_LISTED:
+            listed += f" and {len(names) - self.MAX_LISTED} more (GET /v1/models lists them all)"
+        super().__init__(
+            f"model '{name}' is not in the model table; the models are: {listed}", param=param
+        )
+        self.available = names
 
 
 class MethodNotAllowed(ServerError):
@@ -92,12 +106,21 @@ class MethodNotAllowed(ServerError):
 class Conflict(ServerError):
     status = 409
     type = "conflict_error"
+    code = "conflict"
 
 
 class PayloadTooLarge(ServerError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServerError):
+    """415: the body's content type is not the one the route reads (e.g. not multipart)."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class TooManyRequests(ServerError):
@@ -120,6 +143,7 @@ class Unavailable(ServerError):
 
     status = 503
     type = "service_unavailable"
+    code = "unavailable"
     retry_after = "2"  # seconds; clients such as openai-python honour it
 
     def __init__(self, message: str, **kwargs):
@@ -175,7 +199,7 @@ def to_server_error(exc: BaseException) -> ServerError:
     from .media import MediaError
 
     if isinstance(exc, MediaError):
-        err = BadRequest(str(exc), param=exc.field)
+        err = BadRequest(str(exc), param=exc.field, code="invalid_media")
         if getattr(exc, "limit", None):
             err.code = "limit_exceeded"
             err.details = f"limit {exc.limit}"
@@ -186,12 +210,14 @@ def to_server_error(exc: BaseException) -> ServerError:
             404: NotFound,
             405: MethodNotAllowed,
             413: PayloadTooLarge,
+            415: UnsupportedMediaType,
         }.get(exc.code or 500, InternalError)
         messages = {
             400: "the request could not be understood",
             404: "no such route",
             405: "method not allowed on this route",
             413: "request body is too large",
+            415: "unsupported content type",
         }
         err = cls(messages.get(exc.code or 500, "internal server error"))
         allow = dict(exc.get_headers()).get("Allow")

@@ -1,4 +1,5 @@
-"""Request plumbing shared by every route: ids, access log line, keys, errors in two envelopes."""
+"""Request plumbing shared by every route: ids, access log line, keys, bodies, errors in two
+envelopes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uuid
 
 from flask import Flask, g, jsonify, request
 
+from . import body
 from .errors import ServerError, Unauthorized, Unavailable, to_server_error
 
 access_log = logging.getLogger("mmserve.access")
@@ -70,6 +72,7 @@ def install(app: Flask, runtime) -> None:
         if runtime.draining and request.path != "/health":
             raise Unavailable("server is shutting down", code="shutting_down")
         _check_keys(settings)
+        body.check_unread_body()
 
     @app.teardown_request
     def _uncount(exc):
@@ -79,6 +82,7 @@ def install(app: Flask, runtime) -> None:
     @app.after_request
     def _finish(response):
         response.headers["X-Request-ID"] = getattr(g, "request_id", "-")
+        body.add_ignored_header(response)
         state = g._get_current_object()
         method, path = request.method, request.path
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"

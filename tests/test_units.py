@@ -173,8 +173,10 @@ def test_errors_are_sanitised():
     assert bad.openai_body()["error"]["param"] == "x"
     assert bad.native_body() == {
         "error": "x must be an integer",
-        "details": "invalid_request_error",
+        "type": "invalid_request_error",
+        "code": "invalid_request",
         "param": "x",
+        "details": None,
     }
 
 

@@ -1,8 +1,11 @@
-"""Temporary files under tmp/: one folder per request, removed when it ends, plus a TTL sweep."""
+"""Temporary files under tmp/: one folder per request, removed when it ends, plus a TTL sweep.
+Several servers may share one tmp/: each request folder is named after its process, and a
+folder of another live process is never removed."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import threading
 import time
@@ -14,7 +17,8 @@ class TempManager:
     """Owns tmp/. Each request gets its own folder; `scope()` removes it on exit, even on error.
 
     Invariant: a folder listed in `_active` belongs to a running request and is
-    never removed by `sweep` or `cleanup_all`.
+    never removed by `sweep` or `cleanup_all`; nor is `req-<pid>-*` of another live process
+    (a second server on the machine sharing this tmp/).
     """
 
     def __init__(self, root: Path, ttl_seconds: float = 3600.0):
@@ -27,7 +31,7 @@ class TempManager:
     def scope(self):
         """A fresh per-request folder, deleted with everything in it when the block ends."""
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"req-{uuid.uuid4().hex}"
+        path = self.root / f"req-{os.getpid()}-{uuid.uuid4().hex}"
         path.mkdir()
         with self._lock:
             self._active.add(path)
@@ -46,6 +50,21 @@ class TempManager:
         ]
 
     @staticmethod
+    def _owned_elsewhere(entry: Path) -> bool:
+        """A request folder of another process that is still running."""
+        kind, _, rest = entry.name.partition("-")
+        pid = rest.partition("-")[0]
+        if kind != "req" or not pid.isdigit() or int(pid) == os.getpid():
+            return False
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # it exists, under another user
+        return True
+
+    @staticmethod
     def _size(path: Path) -> tuple[int, int]:
         if path.is_file():
             return 1, path.stat().st_size
@@ -58,7 +77,7 @@ class TempManager:
         with self._lock:
             active = set(self._active)
         for entry in self._entries():
-            if entry in active:
+            if entry in active or self._owned_elsewhere(entry):
                 continue
             try:
                 if older_than is not None and now - entry.stat().st_mtime < older_than:

@@ -14,6 +14,7 @@ MIN_AUDIO_SECONDS = 0.1
 
 class AudioHandler(FamilyHandler):
     family = "audio"
+    capabilities = ("text", "audio")
     # Neither AutoModelForCausalLM nor AutoModelForImageTextToText loads Qwen2-Audio.
     default_loader = "Qwen2AudioForConditionalGeneration"
     default_processor = "AutoProcessor"

@@ -32,6 +32,10 @@ class FamilyHandler:
     """
 
     family = ""
+    # The inputs the family's models take: the default of a table entry's `capabilities`
+    # (an entry may narrow it, never widen it).
+    capabilities: tuple[str, ...] = ("text",)
+    speaks = False  # can answer with speech too (a native request's `return_audio`)
     default_loader = "AutoModelForCausalLM"
     default_processor = "AutoTokenizer"
     generates = True  # False for embedding models

@@ -23,6 +23,7 @@ class Embeddings:
 
 class EmbeddingHandler(FamilyHandler):
     family = "embedding"
+    capabilities = ("text",)
     default_loader = "AutoModel"
     default_processor = "AutoTokenizer"
     generates = False

@@ -71,6 +71,8 @@ class OmniHandler(FamilyHandler):
     """
 
     family = "omni"
+    capabilities = ("text", "image", "audio", "video")
+    speaks = True  # with the full model class only: check_request refuses the thinker alone
     default_loader = "Qwen2_5OmniThinkerForConditionalGeneration"
     default_processor = "AutoProcessor"
     cpu_fallback = True

@@ -34,6 +34,7 @@ def is_compiled(lm) -> bool:
 
 class TextHandler(FamilyHandler):
     family = "text"
+    capabilities = ("text",)
     default_loader = "AutoModelForCausalLM"
     default_processor = "AutoTokenizer"
     batchable = True  # concurrent requests share one continuous batch (mmserve.engine)

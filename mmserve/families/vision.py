@@ -98,6 +98,7 @@ def video_fps(video_kwargs: dict) -> dict:
 
 class VisionLanguageHandler(FamilyHandler):
     family = "vision_language"
+    capabilities = ("text", "image", "video")
     default_loader = "AutoModelForImageTextToText"
     default_processor = "AutoProcessor"
     cpu_fallback = True

@@ -16,6 +16,7 @@ class VQAHandler(FamilyHandler):
     """
 
     family = "vqa"
+    capabilities = ("text", "image")
     # AutoModelForImageTextToText would silently load BLIP's captioning head instead.
     default_loader = "AutoModelForVisualQuestionAnswering"
     default_processor = "AutoProcessor"

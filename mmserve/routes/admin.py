@@ -7,11 +7,12 @@ import time
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from ..body import json_fields, reads_body
 from ..errors import BadRequest
 from ..manager import collect
 from ..memory import GB
 from ..runtime import get_runtime
-from ..schemas.fields import get_keep_alive
+from ..schemas.fields import get_bool, get_keep_alive
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -53,12 +54,15 @@ def model_status():
 
 
 @bp.post("/load/<model>")
+@reads_body
 def load(model: str):
-    """Load a model now; optional JSON {"keep_alive": "10m"}."""
+    """Load a model now; optional JSON {"keep_alive": "10m"}. The answer is the model's status,
+    with the keep-alive now in force and when it expires."""
     rt = get_runtime()
     g.model = model
-    body = request.get_json(silent=True) or {}
-    keep_alive = get_keep_alive(body) if isinstance(body, dict) else None
+    rt.manager.spec(model)  # 404 before the body is read
+    with json_fields() as body:
+        keep_alive = get_keep_alive(body)
     status = rt.manager.load(model, keep_alive)
     return jsonify({"model": model, **status})
 
@@ -144,10 +148,11 @@ def temp_status():
 
 
 @bp.post("/cleanup_temp")
+@reads_body
 def cleanup_temp():
     """Remove temp files: all idle ones, or with {"expired_only": true} only those past the TTL."""
     rt = get_runtime()
-    body = request.get_json(silent=True) or {}
-    expired_only = isinstance(body, dict) and body.get("expired_only") is True
+    with json_fields() as body:
+        expired_only = get_bool(body, "expired_only")
     removed = rt.tmp.sweep() if expired_only else rt.tmp.cleanup_all()
     return jsonify({**removed, "status": rt.tmp.status()})

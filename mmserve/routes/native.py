@@ -6,21 +6,17 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, stream_with_context
 
-from ..errors import to_server_error
+from ..body import json_fields, reads_body
+from ..errors import BadRequest, to_server_error
+from ..families import get_handler
 from ..runtime import get_runtime
-from ..schemas.fields import read_json
 from ..schemas.native import parse_embed, parse_generate
 from ..waiting import first_ready, start_with_status
 
 bp = Blueprint("native", __name__)
 log = logging.getLogger("mmserve.native")
-
-
-def json_body():
-    """The parsed JSON body: 400 if it is not JSON, 413 if it is too large."""
-    return read_json(request, param="body")
 
 
 def result_fields(result) -> dict:
@@ -40,14 +36,19 @@ def result_fields(result) -> dict:
 
 
 @bp.post("/generate/<model>")
+@reads_body
 def generate(model: str):
     """Generate text (or stream it as NDJSON) with any table model."""
     rt = get_runtime()
     g.model = model
-    rt.manager.spec(model)  # 404 before the body is even parsed
-    body = json_body()
-    with rt.tmp.scope() as tmp_dir:
+    spec = rt.manager.spec(model)  # 404 before the body is even parsed
+    with json_fields() as body, rt.tmp.scope() as tmp_dir:
         req, stream = parse_generate(model, body, rt.settings, tmp_dir)
+    if req.return_audio and not get_handler(spec.family).speaks:
+        raise BadRequest(
+            f"model '{model}' answers with text only; 'return_audio' needs an omni model",
+            param="return_audio",
+        )
     if not stream:
         result = rt.service.generate(req)
         g.tokens = result.completion_tokens
@@ -93,12 +94,14 @@ def generate(model: str):
 
 
 @bp.post("/embed/<model>")
+@reads_body
 def embed(model: str):
     """Unit vectors of texts from an embedding-family model; `truncate` cuts over-long inputs."""
     rt = get_runtime()
     g.model = model
     rt.manager.spec(model)  # 404 before the body is even parsed
-    call = parse_embed(json_body())
+    with json_fields() as body:
+        call = parse_embed(body)
     out = rt.service.embed(model, call.texts, call.keep_alive, call.truncate, call.fields)
     body = {
         "model": model,

@@ -7,21 +7,16 @@ import json
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from ..body import form_fields, json_fields, reads_body
 from ..errors import BadRequest, ServerError, to_server_error
 from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import openai as schema
-from ..schemas.fields import read_json
 from ..waiting import first_ready, start_with_status
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 DONE = "data: [DONE]\n\n"
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def json_body():
-    """The parsed JSON body: 400 if it is not JSON, 413 if it is too large."""
-    return read_json(request, param=None)
 
 
 def sse(obj: dict) -> str:
@@ -174,11 +169,11 @@ def _model_entry(rt, spec) -> dict:
 
 
 @bp.post("/chat/completions")
+@reads_body
 def chat_completions():
     """Chat with any generating model; R1-style reasoning split out of the content."""
     rt = get_runtime()
-    body = json_body()
-    with rt.tmp.scope() as tmp_dir:
+    with json_fields() as body, rt.tmp.scope() as tmp_dir:
         call = schema.parse_chat(body, rt.settings, tmp_dir, rt.manager.spec)
     req = call.request
     g.model = req.model
@@ -229,10 +224,12 @@ def _chat_events(call, events, splitter, key):
 
 
 @bp.post("/completions")
+@reads_body
 def completions():
     """Raw-prompt completions; several prompts give several choices."""
     rt = get_runtime()
-    call = schema.parse_completion(json_body(), rt.settings, rt.manager.spec)
+    with json_fields() as body:
+        call = schema.parse_completion(body, rt.settings, rt.manager.spec)
     g.model = call.requests[0].model
     if call.stream:
         req = call.requests[0]
@@ -280,10 +277,12 @@ def _completion_events(call, events):
 
 
 @bp.post("/embeddings")
+@reads_body
 def embeddings():
     """Unit vectors from an embedding-family model, as floats or base64 float32."""
     rt = get_runtime()
-    call = schema.parse_embeddings(json_body(), rt.manager.spec)
+    with json_fields() as body:
+        call = schema.parse_embeddings(body, rt.manager.spec)
     g.model = call.model
     out = rt.service.embed(call.model, call.texts, call.keep_alive, call.truncate, call.fields)
     vectors, tokens = out.vectors, out.tokens
@@ -302,13 +301,12 @@ def embeddings():
 
 
 @bp.post("/audio/transcriptions")
+@reads_body
 def transcriptions():
-    """Speech to text through an audio-capable chat model."""
+    """Speech to text through an audio-capable chat model (a multipart/form-data body)."""
     rt = get_runtime()
-    with rt.tmp.scope() as tmp_dir:
-        call = schema.parse_transcription(
-            request.form, request.files, rt.settings, tmp_dir, rt.manager.spec
-        )
+    with form_fields() as (form, files), rt.tmp.scope() as tmp_dir:
+        call = schema.parse_transcription(form, files, rt.settings, tmp_dir, rt.manager.spec)
     g.model = call.request.model
     result = rt.service.generate(call.request)
     g.tokens = result.completion_tokens

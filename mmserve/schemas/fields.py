@@ -121,22 +121,3 @@ def get_inputs(body: dict, max_items: int, key: str = "input") -> list[tuple[str
         if not text:
             raise BadRequest(f"'{field}' must not be empty", param=field)
     return texts
-
-
-def read_json(request, param: str | None = "body"):
-    """The request's JSON body. Reading it first lets a body over the limit (also a chunked
-    one, capped as it is read) raise 413 instead of being mistaken for bad JSON."""
-    import json
-
-    from ..errors import PayloadTooLarge
-
-    data = request.get_data(cache=True)
-    limit = request.max_content_length
-    # A chunked body is read only up to the limit (werkzeug stops there without raising):
-    # one that fills it is over it.
-    if limit is not None and len(data) >= limit:
-        raise PayloadTooLarge("request body is too large")
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body must be valid JSON", param=param) from None

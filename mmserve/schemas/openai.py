@@ -166,7 +166,12 @@ def _stream_flags(body: dict) -> tuple[bool, bool]:
         return stream, False
     if not isinstance(options, dict):
         raise BadRequest("'stream_options' must be an object", param="stream_options")
-    return stream, get_bool(options, "include_usage", param="stream_options.include_usage")
+    include_usage = get_bool(options, "include_usage", param="stream_options.include_usage")
+    if not stream:  # as OpenAI and vLLM: it would be dropped unseen
+        raise BadRequest(
+            "'stream_options' is only allowed when 'stream' is true", param="stream_options"
+        )
+    return stream, include_usage
 
 
 class MediaReader:
@@ -399,8 +404,10 @@ def parse_transcription(form, files, settings, tmp_dir: Path, lookup) -> Transcr
         raise to_server_error(exc) from None
     instruction = form.get("prompt") or DEFAULT_TRANSCRIBE_PROMPT
     language = form.get("language")
+    if language and len(language) > 32:
+        raise BadRequest("'language' must be a language name or code", param="language")
     if language:
-        instruction += f" The speech is in the language '{language[:32]}'."
+        instruction += f" The speech is in the language '{language}'."
     temperature = form.get("temperature")
     try:
         temperature = float(temperature) if temperature not in (None, "") else None
