@@ -220,12 +220,12 @@ def test_check_prompt_rules():
 def test_up_to_max_stop_strings_on_every_route(client, count):
     stops = [f"<s{i}>" for i in range(count)]
     chat = {"model": "tiny_text", "messages": [{"role": "user", "content": "hi"}]}
-    for path, body in (
-        ("/v1/completions", {"model": "tiny_text", "prompt": "hi"}),
-        ("/v1/chat/completions", chat),
-        ("/generate/tiny_text", {"prompt": "hi"}),
+    for path, body, limit in (
+        ("/v1/completions", {"model": "tiny_text", "prompt": "hi"}, "max_tokens"),
+        ("/v1/chat/completions", chat, "max_tokens"),
+        ("/generate/tiny_text", {"prompt": "hi"}, "max_new_tokens"),
     ):
-        r = client.post(path, json={**body, "stop": stops, "max_tokens": 2, "max_new_tokens": 2})
+        r = client.post(path, json={**body, "stop": stops, limit: 2})
         assert r.status_code == 200, (path, r.get_json())
         r = client.post(path, json={**body, "stop": stops + [f"<x{i}>" for i in range(17 - count)]})
         err = r.get_json()
