@@ -56,13 +56,14 @@ def start_chromium(profile: Path, width: int = 1280, height: int = 900):
 
 
 def build_models_dir(root: Path, tiny_models_dir: Path, real_models_dir: Path) -> Path:
-    """One models/ folder: links to the tiny models and SmolLM2, plus a model that cannot load
-    (tiny_text's weights under a config whose sizes do not match them)."""
+    """One models/ folder: links to the tiny models and SmolLM2 (tiny_think is tiny_text again),
+    plus a model that cannot load (tiny_text's weights under a config whose sizes differ)."""
     models = root / "models"
     models.mkdir()
     for source in (tiny_models_dir, real_models_dir):
         for child in source.iterdir():
             (models / child.name).symlink_to(child, target_is_directory=True)
+    (models / "tiny_think").symlink_to(tiny_models_dir / "tiny_text", target_is_directory=True)
     broken = models / "tiny_broken"
     shutil.copytree(tiny_models_dir / "tiny_text", broken)
     config = json.loads((broken / "config.json").read_text())
@@ -76,6 +77,11 @@ def models_config(root: Path) -> Path:
     entries = [
         tiny_entry("tiny_text"),
         tiny_entry("tiny_vl"),
+        tiny_entry("tiny_audio"),
+        tiny_entry("tiny_text", name="tiny_think", repo_id="tests/tiny_think",
+                   local_dir="tiny_think", reasoning=True),
+        tiny_entry("tiny_text", name="tiny_absent", repo_id="tests/tiny_absent",
+                   local_dir="tiny_absent"),  # not on disk, and the server is offline
         tiny_entry("tiny_text", name="tiny_broken", repo_id="tests/tiny_broken",
                    local_dir="tiny_broken"),
     ]  # fmt: skip

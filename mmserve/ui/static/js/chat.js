@@ -4,6 +4,8 @@ import { ApiError, ServerDown, call, sseEvents } from "./api.js";
 import { $, fmtSeconds, h, say } from "./dom.js";
 import { Attachments, preview, toPart } from "./media.js";
 
+const PART_KIND = { image_url: "image", input_audio: "audio", video_url: "video" };
+
 export class Chat {
   constructor() {
     this.history = []; // {role, content} as sent to the server
@@ -49,13 +51,24 @@ export class Chat {
     const messages = [];
     const system = $("#system").value.trim();
     if (system) messages.push({ role: "system", content: system });
-    messages.push(...this.history);
+    // Earlier media this model does not take stay out of the request (their turns' text stays).
+    const caps = this.media.caps;
+    let left = 0;
+    for (const message of this.history) {
+      if (typeof message.content === "string") {
+        messages.push(message);
+        continue;
+      }
+      const parts = message.content.filter((p) => p.type === "text" || caps.includes(PART_KIND[p.type]));
+      left += message.content.length - parts.length;
+      messages.push({ ...message, content: parts.length ? parts : "[attachment not sent]" });
+    }
     const body = { model, messages, stream: true, stream_options: { include_usage: true } };
     const temperature = parseFloat($("#temperature").value);
     const maxTokens = parseInt($("#max-tokens").value, 10);
     if (Number.isFinite(temperature)) body.temperature = temperature;
     if (Number.isFinite(maxTokens)) body.max_tokens = maxTokens;
-    return body;
+    return [body, left];
   }
 
   async send() {
@@ -79,10 +92,12 @@ export class Chat {
         attached.length ? h("div", { class: "media" }, attached.map(preview)) : null,
       ),
     );
-    await this.stream(model, this.requestBody(model));
+    const [body, dropped] = this.requestBody(model);
+    await this.stream(model, body, dropped);
   }
 
-  async stream(model, body) {
+  /** Stream one answer; `dropped` earlier attachments were left out for this model. */
+  async stream(model, body, dropped) {
     const answer = h("div", { class: "text" });
     const reasoning = h("div", { class: "rtext" });
     const fold = h("details", { class: "reasoning", hidden: true }, h("summary", { text: "Reasoning" }), reasoning);
@@ -100,7 +115,8 @@ export class Chat {
     const controller = new AbortController();
     this.setBusy(true, controller);
     clearInterval(this.retryTimer);
-    say(this.status, `${model} is answering…`);
+    const note = dropped ? ` (${dropped} earlier attachment(s) not sent: ${model} does not take them)` : "";
+    say(this.status, `${model} is answering…${note}`);
     const t0 = performance.now();
     let usage = null;
     let finish = null;
@@ -142,7 +158,7 @@ export class Chat {
     if (finish) parts.push(finish === "length" ? "hit max tokens" : `finish: ${finish}`);
     if (state !== "error") meta.textContent = parts.join(" · ");
     if (state === "stopped") say(this.status, "Stopped: the server stops generating.");
-    else if (state === "done") say(this.status, "");
+    else if (state === "done") say(this.status, note.replace(/^ \((.*)\)$/, "$1."));
   }
 
   showError(msg, err) {

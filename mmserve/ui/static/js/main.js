@@ -17,12 +17,22 @@ let admin = null; // null: not tried with these keys; true/false: the admin rout
 let down = null; // when the server stopped answering (Date), or null
 let downTimer = null;
 let running = null;
+let known = []; // the models as last read
 
 function showAdminNote(text) {
   const note = $("#admin-note");
   note.replaceChildren();
   if (!text) return;
   note.append(text, " ", h("button", { type: "button", class: "secondary", text: "Enter keys", onclick: () => openKeys("") }));
+}
+
+/** Point the attach controls at the chosen model's capabilities. */
+function followPicker() {
+  const chosen = known.find((m) => m.name === $("#model").value);
+  const media = chat.media;
+  if (chosen && (media.model !== chosen.name || media.caps.join() !== chosen.capabilities.join())) {
+    media.setModel(chosen.name, chosen.capabilities);
+  }
 }
 
 function fillPicker(list) {
@@ -42,10 +52,7 @@ function fillPicker(list) {
   const usable = list.filter((m) => m.family !== "embedding" && m.availability !== "missing");
   const keep = usable.find((m) => m.name === previous) || usable.find((m) => m.state === "loaded") || usable[0];
   if (keep && select.value !== keep.name) select.value = keep.name;
-  const chosen = list.find((m) => m.name === select.value);
-  if (chosen && (chat.media.model !== chosen.name || chat.media.caps.join() !== chosen.capabilities.join())) {
-    chat.media.setModel(chosen.name, chosen.capabilities);
-  }
+  followPicker();
 }
 
 async function readAdmin() {
@@ -71,6 +78,7 @@ async function refreshOnce() {
   }
   const status = admin === false ? null : await readAdmin();
   const list = items.map((item) => describe(item, status && status.models[item.id]));
+  known = list;
   document.body.classList.toggle("no-admin", !admin);
   showAdminNote(admin ? "" : "Load, Unload, Pull and the memory view need the admin key.");
   models.render(list, Boolean(admin), status && status.timestamp);
@@ -117,7 +125,7 @@ $("#keys-dialog").addEventListener("close", () => {
 });
 $("#model").addEventListener("change", () => {
   sessionStorage.setItem("mmserve.model", $("#model").value);
-  refresh();
+  followPicker();
 });
 
 // Ask for the API key once per key tried: on the first 401 of a non-admin call.
