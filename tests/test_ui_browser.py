@@ -74,8 +74,8 @@ def css(driver, selector):
 
 def open_page(driver, url: str) -> None:
     driver.get(url + "/")
-    wait_for(lambda: driver.execute_script("return document.querySelectorAll('#model option').length"),
-             what="the model list")  # fmt: skip
+    options = "return document.querySelectorAll('#model option').length"
+    wait_for(lambda: driver.execute_script(options), what="the model list")
 
 
 def pick(driver, model: str) -> None:
@@ -112,7 +112,8 @@ def drop_file(driver, name: str, mime: str, data: bytes) -> None:
     """Drop a file on the message box as a user dragging it from the desktop would."""
     driver.execute_script(
         "const bytes = Uint8Array.from(atob(arguments[2]), c => c.charCodeAt(0));"
-        "const dt = new DataTransfer(); dt.items.add(new File([bytes], arguments[0], {type: arguments[1]}));"
+        "const dt = new DataTransfer();"
+        "dt.items.add(new File([bytes], arguments[0], {type: arguments[1]}));"
         "for (const type of ['dragover', 'drop']) document.querySelector('#composer')"
         ".dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));",
         name, mime, base64.b64encode(data).decode(),
@@ -194,7 +195,9 @@ def test_load_unload_and_a_model_that_fails_to_load(page_server, driver, shots):
     lines = r.text.strip().splitlines()
     expected = r.json()["error"] if not r.ok else json.loads(lines[-1]).get("error", "")
     css(driver, '[data-action="pull"][data-model="tiny_absent"]').click()
-    shown = wait_for(lambda: css(driver, 'li.model[data-model="tiny_absent"] .err').text, what="pull")
+    shown = wait_for(
+        lambda: css(driver, 'li.model[data-model="tiny_absent"] .err').text, what="pull"
+    )
     assert expected and expected in shown, (expected, shown)
 
 
@@ -307,10 +310,19 @@ def test_works_at_390_px(page_server, driver, shots):
                  what="admin controls")  # fmt: skip
         width = driver.execute_script("return document.documentElement.scrollWidth")
         assert width <= 390, f"horizontal overflow: {width} px"
-        for selector in ("#model", "#prompt", "#send", "#stop", '[data-action="load"]', "#emergency"):
+        for selector in (
+            "#model",
+            "#prompt",
+            "#send",
+            "#stop",
+            '[data-action="load"]',
+            "#emergency",
+        ):
             rect = driver.execute_script(
                 "const r = arguments[0].getBoundingClientRect();"
-                "return {l: r.left, r: r.right, w: r.width, h: r.height}", css(driver, selector))
+                "return {l: r.left, r: r.right, w: r.width, h: r.height}",
+                css(driver, selector),
+            )
             assert rect["l"] >= 0 and rect["r"] <= 390, (selector, rect)
             assert rect["w"] >= 24 and rect["h"] >= 24, (selector, rect)
         pick(driver, "tiny_text")
@@ -346,8 +358,11 @@ def test_server_down_then_keys_then_429(page_server, driver, shots):
     shots(driver, "keys-asked")
     set_field(driver, "#key-api", "k-api")
     css(driver, "#keys-save").click()
-    wait_for(lambda: driver.execute_script("return document.querySelectorAll('li.model').length")
-             and "need the admin key" in css(driver, "#admin-note").text, what="models, no admin")  # fmt: skip
+    wait_for(
+        lambda: driver.find_elements("css selector", "li.model")
+        and "need the admin key" in css(driver, "#admin-note").text,
+        what="the models without the admin controls",
+    )
     assert not css(driver, "#memory").is_displayed()
     assert not css(driver, '[data-action="load"][data-model="tiny_text"]').is_displayed()
     stored = driver.execute_script(
@@ -376,7 +391,9 @@ def busy_model(page_server, model: str):
     """One request generating on `model` and one waiting for it: the next one gets a 429."""
     api, admin = {"Authorization": "Bearer k-api"}, {"Authorization": "Bearer k-admin"}
     url = page_server.url
-    requests.post(f"{url}/admin/load/{model}", json={}, headers=admin, timeout=120).raise_for_status()
+    requests.post(
+        f"{url}/admin/load/{model}", json={}, headers=admin, timeout=120
+    ).raise_for_status()
     body = {"prompt": "Count from 1 to 500, one number per line.", "max_new_tokens": 1000,
             "stream": True}  # fmt: skip
     holder = requests.post(f"{url}/generate/{model}", json=body, headers=api, stream=True,

@@ -22,7 +22,10 @@ def test_page_and_its_files_need_no_key_but_every_call_does(make_app):
     assert client.get("/v1/models").status_code == 401
     ok = client.get("/v1/models", headers={"Authorization": "Bearer k-api"})
     assert ok.status_code == 200
-    assert client.get("/admin/model_status", headers={"Authorization": "Bearer k-api"}).status_code == 401
+    assert (
+        client.get("/admin/model_status", headers={"Authorization": "Bearer k-api"}).status_code
+        == 401
+    )
 
 
 def test_page_loads_nothing_from_outside_the_server():

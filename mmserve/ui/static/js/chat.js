@@ -7,7 +7,9 @@ import { Attachments, preview, toPart } from "./media.js";
 const PART_KIND = { image_url: "image", input_audio: "audio", video_url: "video" };
 
 export class Chat {
-  constructor() {
+  /** `refresh` re-reads the server state (main.js): after each answer the model's state moved. */
+  constructor(refresh) {
+    this.refresh = refresh;
     this.history = []; // {role, content} as sent to the server
     this.controller = null;
     this.retryTimer = null;
@@ -146,6 +148,7 @@ export class Chat {
       if (state === "error") this.showError(msg, err);
     } finally {
       this.setBusy(false);
+      this.refresh();
     }
     const seconds = ((performance.now() - t0) / 1000).toFixed(1);
     msg.dataset.state = state;

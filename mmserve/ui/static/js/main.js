@@ -10,7 +10,7 @@ const POLL_MS = 3000;
 const DOWN_RETRY_MS = 30000;
 const ASKED = "mmserve.askedFor";
 
-const chat = new Chat();
+const chat = new Chat(() => refresh());
 const models = new Models(() => refresh());
 const memory = new Memory(() => refresh());
 let admin = null; // null: not tried with these keys; true/false: the admin routes answered / 401

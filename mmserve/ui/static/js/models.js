@@ -81,12 +81,16 @@ export class Models {
     const li = h(
       "li",
       { class: "model", "data-model": name },
-      h("div", { class: "head" }, h("span", { class: "name", text: name }), parts.state, parts.avail),
+      h(
+        "div",
+        { class: "head" },
+        h("div", { class: "title" }, h("span", { class: "name", text: name }), parts.state, parts.avail),
+        h("div", { class: "actions admin-only" }, parts.load, parts.unload, parts.pullButton),
+      ),
       parts.facts,
       parts.progress,
       parts.pull,
       parts.error,
-      h("div", { class: "actions admin-only" }, parts.load, parts.unload, parts.pullButton),
     );
     return { li, ...parts };
   }
