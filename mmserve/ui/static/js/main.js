@@ -17,6 +17,7 @@ let admin = null; // null: not tried with these keys; true/false: the admin rout
 let down = null; // when the server stopped answering (Date), or null
 let downTimer = null;
 let running = null;
+let again = false;
 let known = []; // the models as last read
 
 function showAdminNote(text) {
@@ -90,17 +91,23 @@ async function refreshOnce() {
   }
 }
 
-/** Re-read the server's state (one run at a time; callers share it). */
+/** Re-read the server's state: one run at a time; a call during a run asks for one more. */
 function refresh() {
-  if (!running) {
-    running = refreshOnce()
-      .catch((err) => {
-        if (!(err instanceof ServerDown)) console.error(err);
-      })
-      .finally(() => {
-        running = null;
-      });
+  if (running) {
+    again = true;
+    return running;
   }
+  running = refreshOnce()
+    .catch((err) => {
+      if (!(err instanceof ServerDown)) console.error(err);
+    })
+    .finally(() => {
+      running = null;
+      if (again) {
+        again = false;
+        refresh();
+      }
+    });
   return running;
 }
 
