@@ -1,23 +1,32 @@
 """The page at / driven in a real headless Chromium against a real server on 127.0.0.1.
 
-Screenshots of each step go to a folder printed at the start and end of the module.
+Screenshots of each step go to a folder printed when the module ends.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from tests.ui_actions import (
+    answered,
+    card_state,
+    css,
+    drop_file,
+    last_answer,
+    open_page,
+    pick,
+    send,
+    set_field,
+)
 from tests.ui_support import (
     AXE,
     PageServer,
     build_models_dir,
+    busy_model,
     missing_browser,
     models_config,
     scratch_profile,
@@ -32,14 +41,15 @@ pytestmark = [
 
 
 def say(request, text: str) -> None:
-    request.config.pluginmanager.get_plugin("terminalreporter").write_line(text)
+    """Print past pytest's output capture (the screenshots folder is for the person running)."""
+    with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(text, flush=True)
 
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory, request):
     """Screenshots folder: shots(driver, "name") writes NN-name.png there."""
     folder = tmp_path_factory.mktemp("ui_screenshots")
-    say(request, f"\nbrowser test screenshots: {folder}")
     count = [0]
 
     def take(driver, name: str):
@@ -64,65 +74,6 @@ def driver():
     drv = start_chromium(scratch_profile())
     yield drv
     drv.quit()
-
-
-def css(driver, selector):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, selector)
-
-
-def open_page(driver, url: str) -> None:
-    driver.get(url + "/")
-    options = "return document.querySelectorAll('#model option').length"
-    wait_for(lambda: driver.execute_script(options), what="the model list")
-
-
-def pick(driver, model: str) -> None:
-    from selenium.webdriver.support.ui import Select
-
-    Select(css(driver, "#model")).select_by_value(model)
-    wait_for(lambda: css(driver, "#model").get_attribute("value") == model, what=model)
-
-
-def set_field(driver, selector: str, value: str) -> None:
-    el = css(driver, selector)
-    el.clear()
-    el.send_keys(value)
-
-
-def last_answer(driver):
-    return driver.execute_script(
-        "const m = [...document.querySelectorAll('.msg.assistant')].pop();"
-        "return m ? {state: m.dataset.state, text: m.querySelector('.text').textContent,"
-        " meta: m.querySelector('.meta').textContent} : null;"
-    )
-
-
-def send(driver, text: str) -> None:
-    set_field(driver, "#prompt", text)
-    css(driver, "#send").click()
-
-
-def card_state(driver, model: str) -> str:
-    return css(driver, f'li.model[data-model="{model}"]').get_attribute("data-state")
-
-
-def drop_file(driver, name: str, mime: str, data: bytes) -> None:
-    """Drop a file on the message box as a user dragging it from the desktop would."""
-    driver.execute_script(
-        "const bytes = Uint8Array.from(atob(arguments[2]), c => c.charCodeAt(0));"
-        "const dt = new DataTransfer();"
-        "dt.items.add(new File([bytes], arguments[0], {type: arguments[1]}));"
-        "for (const type of ['dragover', 'drop']) document.querySelector('#composer')"
-        ".dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));",
-        name, mime, base64.b64encode(data).decode(),
-    )  # fmt: skip
-
-
-def answered(driver, timeout: float = 120, what: str = "the answer") -> dict:
-    return wait_for(lambda: (a := last_answer(driver)) and a["state"] != "streaming" and a,
-                    timeout=timeout, what=what)  # fmt: skip
 
 
 def test_chat_streams_in_pieces_and_stop_cancels_the_generation(page_server, driver, shots):
@@ -397,31 +348,3 @@ def test_server_down_then_keys_then_429(page_server, driver, shots):
         shots(driver, "too-many-requests")
         wait_for(lambda: "You can retry now" in last_answer(driver)["meta"], timeout=10,
                  what="the countdown")  # fmt: skip
-
-
-@contextlib.contextmanager
-def busy_model(page_server, model: str):
-    """One request generating on `model` and one waiting for it: the next one gets a 429."""
-    api, admin = {"Authorization": "Bearer k-api"}, {"Authorization": "Bearer k-admin"}
-    url = page_server.url
-    requests.post(
-        f"{url}/admin/load/{model}", json={}, headers=admin, timeout=120
-    ).raise_for_status()
-    body = {"prompt": "Count from 1 to 500, one number per line.", "max_new_tokens": 1000,
-            "stream": True}  # fmt: skip
-    holder = requests.post(f"{url}/generate/{model}", json=body, headers=api, stream=True,
-                           timeout=120)  # fmt: skip
-    next(holder.iter_lines())  # it is generating now
-    pool = ThreadPoolExecutor(1)
-    waiter = pool.submit(
-        requests.post, f"{url}/generate/{model}", json={"prompt": "hi", "max_new_tokens": 2},
-        headers=api, timeout=120,
-    )  # fmt: skip
-    wait_for(lambda: requests.get(url + "/admin/model_status", headers=admin, timeout=10)
-             .json()["models"][model]["waiting"] == 1, what="a waiting request")  # fmt: skip
-    try:
-        yield
-    finally:
-        holder.close()
-        assert waiter.result(timeout=120).status_code == 200
-        pool.shutdown()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -147,3 +149,31 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.05, what: str = 
 
 def scratch_profile() -> Path:
     return Path(tempfile.mkdtemp(prefix="mmserve-chromium-"))
+
+
+@contextlib.contextmanager
+def busy_model(page_server, model: str):
+    """One request generating on `model` and one waiting for it: the next one gets a 429."""
+    api, admin = {"Authorization": "Bearer k-api"}, {"Authorization": "Bearer k-admin"}
+    url = page_server.url
+    requests.post(
+        f"{url}/admin/load/{model}", json={}, headers=admin, timeout=120
+    ).raise_for_status()
+    body = {"prompt": "Count from 1 to 500, one number per line.", "max_new_tokens": 1000,
+            "stream": True}  # fmt: skip
+    holder = requests.post(f"{url}/generate/{model}", json=body, headers=api, stream=True,
+                           timeout=120)  # fmt: skip
+    next(holder.iter_lines())  # it is generating now
+    pool = ThreadPoolExecutor(1)
+    waiter = pool.submit(
+        requests.post, f"{url}/generate/{model}", json={"prompt": "hi", "max_new_tokens": 2},
+        headers=api, timeout=120,
+    )  # fmt: skip
+    wait_for(lambda: requests.get(url + "/admin/model_status", headers=admin, timeout=10)
+             .json()["models"][model]["waiting"] == 1, what="a waiting request")  # fmt: skip
+    try:
+        yield
+    finally:
+        holder.close()
+        assert waiter.result(timeout=120).status_code == 200
+        pool.shutdown()

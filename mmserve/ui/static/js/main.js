@@ -159,6 +159,7 @@ on("down", () => {
 on("up", () => {
   if (down === null) return;
   down = null;
+  admin = null; // the server may be back with other keys
   clearTimeout(downTimer);
   $("#banner").hidden = true;
   refresh();
