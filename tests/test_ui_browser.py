@@ -241,6 +241,35 @@ def test_memory_bars_temp_files_and_emergency_cleanup(page_server, driver, shots
     shots(driver, "emergency-report")
 
 
+def test_gpu_bar_splits_cuda_memory_by_model(page_server, driver):
+    """The GPU bar, from a memory report as a CUDA server gives it (this machine has none)."""
+    open_page(driver, page_server.url)
+    bars = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import('/ui/static/js/memory.js').then(({renderBars}) => {"
+        " renderBars({gpu_available: true, gpu_name: 'H200', gpu_total_gb: 140, gpu_free_gb: 100,"
+        "  gpu_reserved_gb: 30, device: 'cuda', ram_budget_gb: 50, memory_warning: false,"
+        "  system_ram: {total_gb: 64, available_gb: 40, process_rss_gb: 6}},"
+        "  [{name: 'qwen_vl', state: 'loaded', bytes: 16 * 1024 ** 3, device: 'cuda:0'},"
+        "   {name: 'minilm', state: 'loaded', bytes: 1024 ** 3, device: 'cpu'}]);"
+        " done([...document.querySelectorAll('[data-bar]')].map(b => [b.dataset.bar,"
+        "  [...b.querySelectorAll('.bar span')].map(s => [s.dataset.segment,"
+        "   parseFloat(s.style.width)])]));"
+        "});"
+    )
+    gpu, ram = dict(bars)["GPU H200"], dict(bars)["RAM"]
+    assert [name for name, _ in gpu] == [
+        "qwen_vl",
+        "other of this server",
+        "other processes",
+        "free",
+    ]
+    assert abs(dict(gpu)["qwen_vl"] - 100 * 16 / 140) < 0.01
+    assert abs(dict(gpu)["other of this server"] - 100 * 14 / 140) < 0.01  # reserved, not a model
+    assert abs(sum(w for _, w in gpu) - 100) < 0.1
+    assert [name for name, _ in ram][0] == "minilm"  # a model on the CPU counts in RAM
+
+
 def test_accessibility_scan_has_no_serious_violations(page_server, driver):
     open_page(driver, page_server.url)
     pick(driver, "tiny_think")  # a conversation with an answer and a reasoning fold in it
