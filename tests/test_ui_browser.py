@@ -80,7 +80,7 @@ def test_chat_streams_in_pieces_and_stop_cancels_the_generation(page_server, dri
     open_page(driver, page_server.url)
     pick(driver, "smollm2")
     set_field(driver, "#temperature", "0")
-    set_field(driver, "#max-tokens", "40")
+    set_field(driver, "#max-tokens", "32")
     send(driver, "Name three colours.")
     seen = set()
 
