@@ -15,6 +15,7 @@ from mmserve.metrics import bp as metrics_bp
 from mmserve.routes import admin, native, openai
 from mmserve.runtime import build_runtime
 from mmserve.settings import Settings
+from mmserve.ui import bp as ui_bp
 
 log = logging.getLogger("mmserve.app")
 
@@ -74,6 +75,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(openai.bp)
     app.register_blueprint(metrics_bp)
+    app.register_blueprint(ui_bp)
 
     stop = threading.Event()
     runtime.tmp.sweep()

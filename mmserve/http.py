@@ -13,6 +13,7 @@ from flask import Flask, g, jsonify, request
 
 from . import body
 from .errors import ServerError, Unauthorized, Unavailable, to_server_error
+from .ui import is_public
 
 access_log = logging.getLogger("mmserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -40,9 +41,9 @@ def _presented_key() -> str:
 
 
 def _check_keys(settings) -> None:
-    """API key on every route but /health; the admin key (if set) on /admin/*."""
+    """API key on every route but /health and the page; the admin key (if set) on /admin/*."""
     path = request.path
-    if path == "/health":
+    if path == "/health" or is_public(path):
         return
     if path.startswith("/admin/") and settings.admin_key:
         wanted = settings.admin_key
