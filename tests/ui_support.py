@@ -159,8 +159,10 @@ def busy_model(page_server, model: str):
     requests.post(
         f"{url}/admin/load/{model}", json={}, headers=admin, timeout=120
     ).raise_for_status()
+    # Sampled hot (seeded), SmolLM2 does not reach its end of text within 1000 tokens: greedy,
+    # it stops counting after ~120 tokens, which a loaded machine could reach before the 429.
     body = {"prompt": "Count from 1 to 500, one number per line.", "max_new_tokens": 1000,
-            "stream": True}  # fmt: skip
+            "temperature": 2.0, "seed": 1, "stream": True}  # fmt: skip
     holder = requests.post(f"{url}/generate/{model}", json=body, headers=api, stream=True,
                            timeout=120)  # fmt: skip
     next(holder.iter_lines())  # it is generating now
