@@ -1,4 +1,4 @@
-"""GPU section: a random-weight 8B Llama in bf16 and nf4 through mmserve's own manager and batcher.
+"""GPU section: a random-weight 8B Llama in bf16 and nf4 through mmserve's own manager and engine.
 
 Runs only when torch.cuda.is_available() (`--gpu-dry-run` runs the same path on the CPU with
 a tiny config, to check the code). Per variant it reports single-request decode tokens/s
