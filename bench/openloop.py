@@ -157,16 +157,23 @@ def open_loop(
 
 
 def capacity(api, prompts, start_rate: float, seconds: float, steps: int, drain, count, pid=None):
-    """The highest arrival rate (requests/s, same length mix) the server keeps up with:
-    rates from `start_rate` up by 20 % per step until it falls behind. Returns (rate, probes)."""
-    best, probes, rate = 0.0, [], start_rate
+    """The highest arrival rate (requests/s, same length mix) the server keeps up with: from
+    `start_rate` up by 20 % per probe until it falls behind, or down by 20 % until it keeps
+    up. Returns (rate, probes); 0 when no probe kept up."""
+    best, probes, rate, going = 0.0, [], start_rate, None
     for step in range(steps):
         plan = arrivals(rate, seconds, prompts, seed=100 + step)
         got = open_loop(api, plan, seconds, drain, count, pid)
         probes.append({"rate": rate, "kept_up": got["kept_up"], "tok_s": got["tok_s"]})
-        if not got["kept_up"]:
-            break
-        best, rate = rate, rate * 1.2
+        if got["kept_up"]:
+            best = max(best, rate)
+            if going == "down":
+                break
+            going, rate = "up", rate * 1.2
+        else:
+            if going == "up":
+                break
+            going, rate = "down", rate / 1.2
     return best, probes
 
 
