@@ -1,4 +1,4 @@
-"""GPU section: a random-weight 8B Llama in bf16 and nf4 through mmserve's own manager and batcher.
+"""GPU section: a random-weight 8B Llama in bf16 and nf4 through mmserve's own manager and engine.
 
 Runs only when torch.cuda.is_available() (`--gpu-dry-run` runs the same path on the CPU with
 a tiny config, to check the code). Per variant it reports single-request decode tokens/s
@@ -98,7 +98,7 @@ def run(work: Path, quick: bool, dry_run: bool = False, log=print) -> dict:
     ]  # fmt: skip
     config = {"models_dir": folder.parent, "models": models, "replace_models": True,
               "offline": True, "log_to_file": False, "batch_max_size": 32,
-              "batch_max_wait_ms": 20.0, "max_queue": 64, "log_dir": work / "logs",
+              "max_queue": 64, "log_dir": work / "logs",
               "tmp_dir": work / "tmp", "device": device}  # fmt: skip
     # The same server twice: eager, and with a static cache + torch.compile for text models
     # (reduce-overhead: CUDA graphs; on the CPU dry run the plain inductor mode).

@@ -157,16 +157,23 @@ def open_loop(
 
 
 def capacity(api, prompts, start_rate: float, seconds: float, steps: int, drain, count, pid=None):
-    """The highest arrival rate (requests/s, same length mix) the server keeps up with:
-    rates from `start_rate` up by 20 % per step until it falls behind. Returns (rate, probes)."""
-    best, probes, rate = 0.0, [], start_rate
+    """The highest arrival rate (requests/s, same length mix) the server keeps up with: from
+    `start_rate` up by 20 % per probe until it falls behind, or down by 20 % until it keeps
+    up. Returns (rate, probes); 0 when no probe kept up."""
+    best, probes, rate, going = 0.0, [], start_rate, None
     for step in range(steps):
         plan = arrivals(rate, seconds, prompts, seed=100 + step)
         got = open_loop(api, plan, seconds, drain, count, pid)
         probes.append({"rate": rate, "kept_up": got["kept_up"], "tok_s": got["tok_s"]})
-        if not got["kept_up"]:
-            break
-        best, rate = rate, rate * 1.2
+        if got["kept_up"]:
+            best = max(best, rate)
+            if going == "down":
+                break
+            going, rate = "up", rate * 1.2
+        else:
+            if going == "up":
+                break
+            going, rate = "down", rate / 1.2
     return best, probes
 
 
@@ -182,7 +189,9 @@ def measure_server(api, prompts, plan_rate, n: dict, count, pid=None) -> dict:
         per_request = statistics.mean(LENGTHS)
         plan_rate = 0.7 * out["closed"][16]["tok_s"] / per_request
     out["plan_rate"] = plan_rate
-    out["drain"] = drain = max(LENGTHS) / out["closed"][1]["tok_s"]
+    # The longest answer alone (capped: a noisy single-client figure must not hide a backlog).
+    drain = min(max(LENGTHS) / out["closed"][1]["tok_s"], n["open_seconds"] / 4)
+    out["drain"] = drain
     plan = arrivals(plan_rate, n["open_seconds"], prompts, seed=1)
     out["open"] = open_loop(api, plan, n["open_seconds"], drain, count, pid)
     out["capacity"], out["probes"] = capacity(

@@ -178,8 +178,8 @@ class TextEngine:
                 except BaseException as exc:  # noqa: BLE001 - every open row gets the error
                     log.warning("step on %s failed: %s", self.name, type(exc).__name__)
                     seqs = self.running + (self.job.seqs if self.job is not None else [])
-                    for s in seqs:
-                        s.row.fail(exc)
+                    for s in seqs + [t for t in taken if t not in seqs]:
+                        s.row.fail(exc)  # a no-op for rows that had finished
                     self.running, self.job, self.cache, self.mask = [], None, None, None
 
     def _admit(self) -> list[Seq]:

@@ -128,7 +128,10 @@ def _coerce(cls, key: str, value):
         if key in ("api_key", "admin_key"):
             return str(value) if value else None
         if key in ("ram_budget_gb", "kv_cache_gb"):
-            return float(value) if value not in (None, "") else None
+            number = float(value) if value not in (None, "") else None
+            if key == "kv_cache_gb" and number is not None and number <= 0:
+                raise ValueError(key)
+            return number
         if isinstance(default, bool):
             if isinstance(value, str):
                 return value.strip().lower() in ("1", "true", "yes", "on")
