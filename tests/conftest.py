@@ -173,6 +173,10 @@ def start_server(
             "MMSERVE_LOG_DIR": str(tmp_path / "logs"),
             "MMSERVE_TMP_DIR": str(tmp_path / "tmp"),
             "MMSERVE_THREADS": "8",
+            # Test servers often run on the shared tiny models folder with the built-in table:
+            # building the embedded models there at start would write into it (and cost a GGUF
+            # conversion per server). A test of that start-up turns it on.
+            "MMSERVE_MATERIALISE_AT_START": "0",
         }
     )
     env.update(env_extra or {})

@@ -35,6 +35,7 @@ def cluster(tmp_path_factory, tiny_models_dir):
     env.update(
         HF_HUB_OFFLINE="1",
         MMSERVE_DEFAULT_KEEP_ALIVE="-1",
+        MMSERVE_MATERIALISE_AT_START="0",  # never build smollm2/minilm into the tiny folder
         MMSERVE_LOG_TO_FILE="0",
         MMSERVE_TMP_DIR=str(tmp / "tmp"),
     )

@@ -246,7 +246,8 @@ def test_pull_from_a_local_hub_with_progress_resume_and_auto_4bit(tmp_path, hub_
 def test_first_run_materialises_once_in_the_background(tmp_path):
     """An empty models folder: smollm2 is built from its GGUF at start; a request arriving
     meanwhile streams status lines and is answered by that same work (converted once)."""
-    env = {"MMSERVE_STREAM_STATUS_SECONDS": "1", "MMSERVE_PRELOAD": ""}
+    env = {"MMSERVE_STREAM_STATUS_SECONDS": "1", "MMSERVE_PRELOAD": "",
+           "MMSERVE_MATERIALISE_AT_START": "1"}  # fmt: skip
     server = start_server(tmp_path, ["--models-dir", str(tmp_path / "models")], env)
     try:
         assert "listening on http://127.0.0.1" in server.log()

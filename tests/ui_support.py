@@ -165,8 +165,12 @@ def busy_model(page_server, model: str):
             "temperature": 2.0, "seed": 1, "stream": True}  # fmt: skip
     holder = requests.post(f"{url}/generate/{model}", json=body, headers=api, stream=True,
                            timeout=120)  # fmt: skip
-    next(holder.iter_lines())  # it is generating now
-    pool = ThreadPoolExecutor(1)
+    lines = holder.iter_lines()
+    next(lines)  # it is generating now
+    pool = ThreadPoolExecutor(2)
+    # Keep reading it: a stream left unread (or its line iterator collected) can look like a
+    # client that went away, and the server then cancels it (seen: "closed early after 3 steps").
+    reader = pool.submit(lambda: sum(1 for _ in lines))
     waiter = pool.submit(
         requests.post, f"{url}/generate/{model}", json={"prompt": "hi", "max_new_tokens": 2},
         headers=api, timeout=120,
@@ -177,5 +181,6 @@ def busy_model(page_server, model: str):
         yield
     finally:
         holder.close()
+        reader.exception(timeout=30)  # ends when the stream is closed (or raised on closing)
         assert waiter.result(timeout=120).status_code == 200
         pool.shutdown()
