@@ -18,6 +18,7 @@ from ..schemas.openai_requests import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from ..tools import ToolStream, active
 from ..waiting import first_ready, start_with_status
 from .docs import documented
 
@@ -211,11 +212,27 @@ def chat_completions():
         return jsonify(schema.chat_completion(result, req.model, key, opened))
     events, source, prefix = open_stream(rt, req)
     splitter = ReasoningSplitter(opened) if key else None
-    return _streamed(_chat_events(call, events, splitter, key), source, prefix)
+    calls = ToolStream() if active(req) else None
+    return _streamed(_chat_events(call, events, splitter, key, calls), source, prefix)
 
 
-def _chat_events(call, events, splitter, key):
-    """chat.completion.chunk events: role, deltas (reasoning under `key`), finish, usage, DONE."""
+def tool_call_deltas(calls: list[dict], piece: int = 24) -> list[objects.ToolCallDelta]:
+    """OpenAI's streamed form of whole calls: id, type and name first, then the arguments in
+    pieces of `piece` characters; joined they are the calls again."""
+    out = []
+    for i, c in enumerate(calls):
+        name, args = c["function"]["name"], c["function"]["arguments"]
+        first = objects.FunctionDelta(name=name, arguments="")
+        out.append(objects.ToolCallDelta(index=i, id=c["id"], type="function", function=first))
+        for at in range(0, len(args), piece):
+            part = objects.FunctionDelta(arguments=args[at : at + piece])
+            out.append(objects.ToolCallDelta(index=i, function=part))
+    return out
+
+
+def _chat_events(call, events, splitter, key, calls=None):
+    """chat.completion.chunk events: role, deltas (reasoning under `key`), tool-call deltas
+    (`calls`, a ToolStream, holds call text back), finish, usage, DONE."""
     rid, model, created = objects.new_id("chatcmpl"), call.request.model, objects.now()
 
     def chunk(delta: dict, finish=None) -> str:
@@ -227,18 +244,29 @@ def _chat_events(call, events, splitter, key):
         for kind, text in pieces:
             yield chunk({key if kind == REASONING else "content": text})
 
+    def content(text):
+        if not text:
+            return
+        if splitter is None:
+            yield chunk({"content": text})
+        else:
+            yield from deltas(splitter.feed(text))
+
     try:
         yield chunk({"role": "assistant", "content": ""})
         result = None
         for item in events:
             if not isinstance(item, str):
                 result = item
-            elif splitter is None:
-                yield chunk({"content": item})
             else:
-                yield from deltas(splitter.feed(item))
+                yield from content(calls.feed(item) if calls is not None else item)
+        if calls is not None:
+            yield from content(calls.rest(result.text, result.tool_calls))
         if splitter is not None:
             yield from deltas(splitter.flush())
+        if result.tool_calls:
+            for piece in tool_call_deltas(result.tool_calls):
+                yield chunk({"tool_calls": [piece]})
         yield chunk({}, objects.finish_reason(result))
         if call.include_usage:
             usage = objects.usage(result.prompt_tokens, result.completion_tokens)

@@ -44,9 +44,6 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # Fields of the OpenAI API this server does not implement, with the values that mean "off".
 # None is always accepted; anything else is a 400 naming the field.
 _CHAT_UNSUPPORTED = {
-    "response_format": ({"type": "text"},),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
     "functions": ([],),
     "function_call": ("none", "auto"),
     "logprobs": (False,),
@@ -60,7 +57,6 @@ _CHAT_UNSUPPORTED = {
     "web_search_options": (),
 }
 _COMPLETION_UNSUPPORTED = {
-    "response_format": ({"type": "text"},),
     "echo": (False,),
     "best_of": (1,),
     "suffix": ("",),
@@ -253,21 +249,34 @@ def _part(item, path: str, role: str, media: MediaReader) -> Part:
 
 
 def _message(m: ChatMessage, path: str, media: MediaReader) -> Message:
-    """One validated message as a Message (developer is an alias of system)."""
-    for key in ("tool_calls", "tool_call_id"):
-        if getattr(m, key):
-            raise BadRequest(
-                f"'{path}.{key}' is not supported",
-                param=f"{path}.{key}",
-                code="unsupported_parameter",
-            )
-    if m.role not in _ROLES:
-        raise BadRequest(f"'{path}.role' {m.role!r} is not supported", param=f"{path}.role")
+    """One validated message as a Message (developer is an alias of system); an assistant's
+    tool calls and a tool's answer keep their ids."""
+    role = _ROLES.get(m.role, m.role)
+    calls = [c.model_dump() for c in m.tool_calls] if m.tool_calls else None
+    if m.content is None:
+        return Message(role, [], tool_calls=calls)
     if isinstance(m.content, str):
-        return Message(_ROLES[m.role], [Part("text", text=m.content, field=f"{path}.content")])
+        part = Part("text", text=m.content, field=f"{path}.content")
+        return Message(role, [part], tool_calls=calls, tool_call_id=m.tool_call_id)
     parts = [_part(item, f"{path}.content[{j}]", m.role, media) for j, item in
              enumerate(m.content)]  # fmt: skip
-    return Message(_ROLES[m.role], parts)
+    return Message(role, parts, tool_calls=calls, tool_call_id=m.tool_call_id)
+
+
+def response_format(fmt) -> dict | None:
+    """A validated response_format as the engine's: None for text."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "schema": fmt.json_schema.schema_}
+
+
+def _tool_choice(req) -> str | dict:
+    choice = req.tool_choice
+    if choice is None:
+        return "auto"
+    return choice if isinstance(choice, str) else choice.model_dump()
 
 
 def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -> ChatCall:
@@ -280,7 +289,15 @@ def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -
     media = MediaReader(settings, tmp_dir, fetch)
     messages = [_message(m, f"messages[{i}]", media) for i, m in enumerate(req.messages)]
     request = GenerationRequest(
-        model=model, messages=messages, params=params, keep_alive=keep_alive, endpoint="openai"
+        model=model,
+        messages=messages,
+        params=params,
+        keep_alive=keep_alive,
+        endpoint="openai",
+        response_format=response_format(req.response_format),
+        tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
+        tool_choice=_tool_choice(req),
+        parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     return ChatCall(request, req.stream, _include_usage(req), req.reasoning_format)
 
@@ -325,6 +342,7 @@ def parse_completion(body, settings, lookup=None) -> CompletionCall:
             keep_alive=keep_alive,
             raw_prompt=True,
             endpoint="openai",
+            response_format=response_format(req.response_format),
         )
         for field, text in prompts
     ]
