@@ -12,7 +12,7 @@ from flask import Flask
 from mmserve import http
 from mmserve.logs import setup_logging
 from mmserve.metrics import bp as metrics_bp
-from mmserve.routes import admin, native, openai
+from mmserve.routes import admin, docs, native, openai
 from mmserve.runtime import build_runtime
 from mmserve.settings import Settings
 from mmserve.ui import bp as ui_bp
@@ -76,6 +76,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(openai.bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(ui_bp)
+    docs.install(app)
 
     stop = threading.Event()
     runtime.tmp.sweep()

@@ -4,7 +4,9 @@ Every request samples with its own `torch.Generator` (seeded from `seed`, else f
 OS), so no request reads or changes the process-wide RNG that other requests use, and a
 seeded request draws the same numbers alone or inside any batch. The processors are a
 plain list per row (transformers' `LogitsProcessor` interface: `(input_ids, scores) ->
-scores`), so grammar masks, penalties, `logit_bias` and logprobs hooks plug in per row.
+scores`), so penalties, `logit_bias` and logprobs hooks plug in per row. A row's grammar
+(`RowSampling.constraint`, `mmserve.grammar`) masks its logits before the processors and
+hears the token picked, so rows with different grammars and free rows share one batch.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class RowSampling:
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # mmserve.grammar.Constraint: each Sampler made from this gets a fresh matcher of it.
+    constraint: object | None = None
 
 
 def row_sampling(defaults: dict, params: SamplingParams, limit: int) -> RowSampling:
@@ -75,6 +79,7 @@ class Sampler:
                 self.processors.append(TopKLogitsWarper(sampling.top_k))
             if sampling.top_p is not None and sampling.top_p < 1.0:
                 self.processors.append(TopPLogitsWarper(sampling.top_p))
+        self.grammar = sampling.constraint.matcher() if sampling.constraint is not None else None
         self.generator = torch.Generator(device=torch.device(device))
         if sampling.seed is not None:
             self.generator.manual_seed(int(sampling.seed))
@@ -84,16 +89,22 @@ class Sampler:
     @property
     def plain_greedy(self) -> bool:
         """Argmax of the raw logits: rows like this are picked together, in one op."""
-        return self.greedy and not self.processors
+        return self.greedy and not self.processors and self.grammar is None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> int:
         """The next token for one row: `input_ids` (1, L) so far, `scores` (1, vocab)."""
+        if self.grammar is not None:
+            scores = self.grammar.mask(scores)
         if self.processors:
             scores = self.processors(input_ids, scores)
         if self.greedy:
-            return int(scores[0].argmax())
-        probs = torch.softmax(scores[0].float(), dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+            token = int(scores[0].argmax())
+        else:
+            probs = torch.softmax(scores[0].float(), dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=self.generator))
+        if self.grammar is not None:
+            self.grammar.accept(token)
+        return token
 
 
 class SampleInGenerate(LogitsProcessor):

@@ -13,6 +13,7 @@ from .errors import BadRequest, ModelLoadFailed, OutOfMemory, Unavailable, is_oo
 from .families.rules import check_media, prepare_inputs
 from .limits import check_prompt, prompt_param
 from .sampling import row_sampling
+from .tools import output_spec, parse_calls, tool_format
 from .types import GenerationRequest, GenerationResult
 
 log = logging.getLogger("mmserve.service")
@@ -95,14 +96,32 @@ class InferenceService:
             prompt_param(req),
             lm.handler.completion_in_context,
         )
+        sampling.constraint = self._constraint(lm, req)
         return prepared, sampling
+
+    @staticmethod
+    def _constraint(lm, req: GenerationRequest):
+        """The request's grammar (response_format, format or tools), compiled once per
+        tokenizer and spec; None for free text."""
+        spec = output_spec(req, lm.tokenizer)
+        if spec is None:
+            return None
+        from .generation import eos_ids, logits_size
+        from .grammar import build_constraint
+
+        think = "inside" if lm.spec.reasoning else "may"
+        return build_constraint(spec, lm.tokenizer, logits_size(lm), eos_ids(lm), think)
 
     def _result(self, lm, req, prepared, row, started, extras=None):
         extras = extras or {}
         spec = lm.spec
         first_at = row.first_token_at
+        text, calls = row.text, None
+        if req.tools and req.tool_choice != "none":
+            text, calls = parse_calls(row.text, req.tools, tool_format(lm.tokenizer))
         result = GenerationResult(
-            text=row.text,
+            text=text,
+            tool_calls=calls or None,
             prompt_tokens=prepared.prompt_tokens,
             completion_tokens=len(row.completion_ids),
             finish_reason=row.finish_reason or "stop",

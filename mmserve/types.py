@@ -20,8 +20,11 @@ class Part:
 
 @dataclass
 class Message:
-    role: str  # system | user | assistant
+    role: str  # system | user | assistant | tool
     parts: list[Part]
+    # assistant: calls it made, OpenAI's shape ({"id", "type", "function": {"name", "arguments"}})
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None  # tool: the call it answers
 
     def text(self) -> str:
         return "".join(p.text or "" for p in self.parts if p.type == "text")
@@ -49,6 +52,15 @@ class GenerationRequest:
     raw_prompt: bool = False  # True: feed the text as is, without the chat template
     return_audio: bool = False  # omni: also return speech
     endpoint: str = "native"
+    # Structured output: {"type": "json_object"} or {"type": "json_schema", "schema": {...}};
+    # `format_param` names the request field of its errors.
+    response_format: dict | None = None
+    format_param: str = "response_format"
+    # Tools, OpenAI's shapes: [{"type": "function", "function": {...}}]; tool_choice none,
+    # auto, required or {"type": "function", "function": {"name": ...}}.
+    tools: list[dict] | None = None
+    tool_choice: str | dict = "auto"
+    parallel_tool_calls: bool = True
 
     def media_parts(self):
         for msg in self.messages:
@@ -70,3 +82,4 @@ class GenerationResult:
     audio_wav_base64: str | None = None
     seconds: float = 0.0
     first_token_seconds: float | None = None
+    tool_calls: list[dict] | None = None  # parsed from the output (text is then the rest)

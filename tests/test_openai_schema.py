@@ -133,6 +133,9 @@ def test_trivial_values_of_unsupported_fields_are_accepted(settings, tmp_path):
     assert chat(body, settings, tmp_path).request.messages
 
 
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
 @pytest.mark.parametrize(
     "body, param",
     [
@@ -140,12 +143,17 @@ def test_trivial_values_of_unsupported_fields_are_accepted(settings, tmp_path):
         ({"messages": None}, "messages"),
         ({"messages": []}, "messages"),
         ({"messages": ["hi"]}, "messages[0]"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+        (
+            {"messages": [{"role": "tool", "content": "x", "tool_call_id": "call_1"}]},
+            "messages[0].tool_call_id",
+        ),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         (
             {"messages": [{"role": "assistant", "content": "x", "tool_calls": [{"id": 1}]}]},
-            "messages[0].tool_calls",
+            "messages[0].tool_calls[0].id",
         ),
         (user({"type": "file", "file": {}}), "messages[0].content[0].type"),
         (user({"type": "text"}), "messages[0].content[0].text"),
@@ -187,14 +195,46 @@ def test_trivial_values_of_unsupported_fields_are_accepted(settings, tmp_path):
         ({"max_completion_tokens": 10**9}, "max_completion_tokens"),
         ({"temperature": 3}, "temperature"),
         ({"top_p": "high"}, "top_p"),
-        ({"stop": [1]}, "stop"),
+        ({"stop": [1]}, "stop[0]"),
+        ({"stop": ["a", ""]}, "stop[1]"),
         ({"seed": 1.5}, "seed"),
         ({"stream": "yes"}, "stream"),
         ({"stream_options": True}, "stream_options"),
         ({"stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
         ({"keep_alive": "soon"}, "keep_alive"),
-        ({"tools": [{"type": "function"}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function"),
+        ({"tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
+        ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools[0].function.name"),
+        ({"tools": [TOOL, TOOL]}, "tools[1].function.name"),
+        (
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+                ]
+            },
+            "tools[0].function.parameters",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}]},
+            "tools[0].function.parameters",
+        ),
+        ({"tools": [TOOL], "tool_choice": "maybe"}, "tool_choice"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            "tool_choice.function.name",
+        ),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": {"type": "nope"}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
         ({"logprobs": True}, "logprobs"),
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
         ({"reasoning_format": "xml"}, "reasoning_format"),

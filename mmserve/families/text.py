@@ -9,6 +9,7 @@ from transformers import CompileConfig
 
 from ..errors import BadRequest
 from ..generation import left_pad
+from ..tools import chat_dicts
 from ..types import GenerationRequest
 from .base import FamilyHandler, Prepared
 
@@ -110,8 +111,11 @@ class TextHandler(FamilyHandler):
         """The prompt string and whether the tokenizer should add its special tokens."""
         if req.raw_prompt or not getattr(tokenizer, "chat_template", None):
             return "".join(m.text() for m in req.messages), True
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        messages, tools = chat_dicts(req, tokenizer)
+        extra = {"tools": tools} if tools else {}
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **extra
+        )
         # The template already holds BOS when the model wants one: do not add a second.
         return text, False
 

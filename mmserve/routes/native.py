@@ -12,15 +12,18 @@ from ..body import json_fields, reads_body
 from ..errors import BadRequest, to_server_error
 from ..families import get_handler
 from ..runtime import get_runtime
-from ..schemas.native import parse_embed, parse_generate
+from ..schemas.native import EmbedRequest, GenerateRequest, parse_embed, parse_generate
 from ..waiting import first_ready, start_with_status
+from .docs import documented
 
 bp = Blueprint("native", __name__)
 log = logging.getLogger("mmserve.native")
 
 
 def result_fields(result) -> dict:
+    extra = {"tool_calls": result.tool_calls} if result.tool_calls else {}
     return {
+        **extra,
         "model": result.model,
         "model_type": result.model_type,
         "generation_method": result.generation_method,
@@ -37,6 +40,7 @@ def result_fields(result) -> dict:
 
 @bp.post("/generate/<model>")
 @reads_body
+@documented(GenerateRequest, tags=["native"])
 def generate(model: str):
     """Generate text (or stream it as NDJSON) with any table model."""
     rt = get_runtime()
@@ -95,6 +99,7 @@ def generate(model: str):
 
 @bp.post("/embed/<model>")
 @reads_body
+@documented(EmbedRequest, tags=["native"])
 def embed(model: str):
     """Unit vectors of texts from an embedding-family model; `truncate` cuts over-long inputs."""
     rt = get_runtime()

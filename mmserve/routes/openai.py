@@ -12,16 +12,34 @@ from ..errors import BadRequest, ServerError, to_server_error
 from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import openai as schema
+from ..schemas import openai_objects as objects
+from ..schemas.openai_requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+from ..tools import ToolStream, active
 from ..waiting import first_ready, start_with_status
+from .docs import documented
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 DONE = "data: [DONE]\n\n"
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def sse(obj: dict) -> str:
-    """One server-sent event holding a JSON object."""
+def sse(obj) -> str:
+    """One server-sent event holding a JSON object (a dict or a typed response model)."""
+    if not isinstance(obj, dict):
+        obj = obj.model_dump(mode="json")
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def chunk_event(obj, include_usage: bool) -> str:
+    """A stream chunk; with include_usage every chunk carries `usage` (null until the last)."""
+    body = obj.model_dump(mode="json")
+    if include_usage:
+        body.setdefault("usage", None)
+    return sse(body)
 
 
 class EventStream:
@@ -129,6 +147,7 @@ def _failed(exc: Exception) -> str:
 
 
 @bp.get("/models")
+@documented(resp=objects.ModelList, tags=["openai"], errors=(400,))
 def list_models():
     """Every table entry, with its availability and live state; `?available=true` lists only
     those that can answer now or after a fetch (availability not `missing`)."""
@@ -139,10 +158,11 @@ def list_models():
     data = [_model_entry(rt, spec) for spec in rt.table.values()]
     if only in ("true", "1"):
         data = [m for m in data if m["availability"] != "missing"]
-    return jsonify({"object": "list", "data": data})
+    return jsonify(objects.ModelList(data=data).model_dump(mode="json"))
 
 
 @bp.get("/models/<path:model_id>")
+@documented(resp=objects.ModelObject, tags=["openai"], errors=(404,))
 def retrieve_model(model_id: str):
     """One table entry (404 model_not_found for a name not in the table)."""
     rt = get_runtime()
@@ -170,6 +190,7 @@ def _model_entry(rt, spec) -> dict:
 
 @bp.post("/chat/completions")
 @reads_body
+@documented(ChatCompletionRequest, objects.ChatCompletion, ["openai"])
 def chat_completions():
     """Chat with any generating model; R1-style reasoning split out of the content."""
     rt = get_runtime()
@@ -186,21 +207,45 @@ def chat_completions():
         return jsonify(schema.chat_completion(result, req.model, key, opened))
     events, source, prefix = open_stream(rt, req)
     splitter = ReasoningSplitter(opened) if key else None
-    return _streamed(_chat_events(call, events, splitter, key), source, prefix)
+    calls = ToolStream() if active(req) else None
+    return _streamed(_chat_events(call, events, splitter, key, calls), source, prefix)
 
 
-def _chat_events(call, events, splitter, key):
-    """chat.completion.chunk events: role, deltas (reasoning under `key`), finish, usage, DONE."""
-    rid, model = schema.new_id("chatcmpl"), call.request.model
-    extra = {"usage": None} if call.include_usage else {}
+def tool_call_deltas(calls: list[dict], piece: int = 24) -> list[objects.ToolCallDelta]:
+    """OpenAI's streamed form of whole calls: id, type and name first, then the arguments in
+    pieces of `piece` characters; joined they are the calls again."""
+    out = []
+    for i, c in enumerate(calls):
+        name, args = c["function"]["name"], c["function"]["arguments"]
+        first = objects.FunctionDelta(name=name, arguments="")
+        out.append(objects.ToolCallDelta(index=i, id=c["id"], type="function", function=first))
+        for at in range(0, len(args), piece):
+            part = objects.FunctionDelta(arguments=args[at : at + piece])
+            out.append(objects.ToolCallDelta(index=i, function=part))
+    return out
+
+
+def _chat_events(call, events, splitter, key, calls=None):
+    """chat.completion.chunk events: role, deltas (reasoning under `key`), tool-call deltas
+    (`calls`, a ToolStream, holds call text back), finish, usage, DONE."""
+    rid, model, created = objects.new_id("chatcmpl"), call.request.model, objects.now()
 
     def chunk(delta: dict, finish=None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return sse(schema.envelope("chat.completion.chunk", rid, model, [choice], **extra))
+        choice = objects.ChunkChoice(delta=objects.ChatDelta(**delta), finish_reason=finish)
+        body = objects.ChatCompletionChunk(id=rid, created=created, model=model, choices=[choice])
+        return chunk_event(body, call.include_usage)
 
     def deltas(pieces):
         for kind, text in pieces:
             yield chunk({key if kind == REASONING else "content": text})
+
+    def content(text):
+        if not text:
+            return
+        if splitter is None:
+            yield chunk({"content": text})
+        else:
+            yield from deltas(splitter.feed(text))
 
     try:
         yield chunk({"role": "assistant", "content": ""})
@@ -208,16 +253,22 @@ def _chat_events(call, events, splitter, key):
         for item in events:
             if not isinstance(item, str):
                 result = item
-            elif splitter is None:
-                yield chunk({"content": item})
             else:
-                yield from deltas(splitter.feed(item))
+                yield from content(calls.feed(item) if calls is not None else item)
+        if calls is not None:
+            yield from content(calls.rest(result.text, result.tool_calls))
         if splitter is not None:
             yield from deltas(splitter.flush())
-        yield chunk({}, schema.finish_reason(result))
+        if result.tool_calls:
+            for piece in tool_call_deltas(result.tool_calls):
+                yield chunk({"tool_calls": [piece]})
+        yield chunk({}, objects.finish_reason(result))
         if call.include_usage:
-            usage = schema.usage(result.prompt_tokens, result.completion_tokens)
-            yield sse(schema.envelope("chat.completion.chunk", rid, model, [], usage=usage))
+            usage = objects.usage(result.prompt_tokens, result.completion_tokens)
+            last = objects.ChatCompletionChunk(
+                id=rid, created=created, model=model, choices=[], usage=usage
+            )
+            yield sse(last)
     except Exception as exc:  # noqa: BLE001 - reported in-band: headers are already sent
         yield _failed(exc)
     yield DONE
@@ -225,6 +276,7 @@ def _chat_events(call, events, splitter, key):
 
 @bp.post("/completions")
 @reads_body
+@documented(CompletionRequest, objects.Completion, ["openai"])
 def completions():
     """Raw-prompt completions; several prompts give several choices."""
     rt = get_runtime()
@@ -243,34 +295,38 @@ def completions():
             raise _on_prompt(exc, req.messages[0].parts[0].field) from None
     g.tokens = sum(r.completion_tokens for r in results)
     choices = [
-        {"index": i, "text": r.text, "logprobs": None, "finish_reason": schema.finish_reason(r)}
+        objects.CompletionChoice(index=i, text=r.text, finish_reason=objects.finish_reason(r))
         for i, r in enumerate(results)
     ]
-    usage = schema.usage(sum(r.prompt_tokens for r in results), g.tokens)
-    rid = schema.new_id("cmpl")
-    return jsonify(schema.envelope("text_completion", rid, g.model, choices, usage=usage))
+    usage = objects.usage(sum(r.prompt_tokens for r in results), g.tokens)
+    body = objects.Completion(
+        id=objects.new_id("cmpl"), created=objects.now(), model=g.model, choices=choices,
+        usage=usage,
+    )  # fmt: skip
+    return jsonify(body.model_dump(mode="json"))
 
 
 def _completion_events(call, events):
     """text_completion events: text deltas, finish, optional usage, DONE."""
-    rid, model = schema.new_id("cmpl"), call.requests[0].model
-    extra = {"usage": None} if call.include_usage else {}
+    rid, model, created = objects.new_id("cmpl"), call.requests[0].model, objects.now()
 
-    def chunk(text: str, finish=None) -> str:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return sse(schema.envelope("text_completion", rid, model, [choice], **extra))
+    def chunk(text: str, finish=None, choices=None, usage=None):
+        if choices is None:
+            choices = [objects.CompletionChoice(text=text, finish_reason=finish)]
+        return objects.Completion(id=rid, created=created, model=model, choices=choices,
+                                  usage=usage)  # fmt: skip
 
     try:
         result = None
         for item in events:
             if isinstance(item, str):
-                yield chunk(item)
+                yield chunk_event(chunk(item), call.include_usage)
             else:
                 result = item
-        yield chunk("", schema.finish_reason(result))
+        yield chunk_event(chunk("", objects.finish_reason(result)), call.include_usage)
         if call.include_usage:
-            usage = schema.usage(result.prompt_tokens, result.completion_tokens)
-            yield sse(schema.envelope("text_completion", rid, model, [], usage=usage))
+            usage = objects.usage(result.prompt_tokens, result.completion_tokens)
+            yield sse(chunk("", choices=[], usage=usage))
     except Exception as exc:  # noqa: BLE001 - reported in-band: headers are already sent
         yield _failed(exc)
     yield DONE
@@ -278,6 +334,7 @@ def _completion_events(call, events):
 
 @bp.post("/embeddings")
 @reads_body
+@documented(EmbeddingRequest, objects.EmbeddingList, ["openai"])
 def embeddings():
     """Unit vectors from an embedding-family model, as floats or base64 float32."""
     rt = get_runtime()
@@ -296,8 +353,9 @@ def embeddings():
     data = schema.embedding_data(
         vectors, call.encoding_format, out.truncated if call.truncate else None
     )
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return jsonify({"object": "list", "data": data, "model": call.model, "usage": usage})
+    usage = objects.EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    body = objects.EmbeddingList(data=data, model=call.model, usage=usage)
+    return jsonify(body.model_dump(mode="json"))
 
 
 @bp.post("/audio/transcriptions")

@@ -3,48 +3,48 @@ remote media fetched under a host allow-list, and the response objects of each e
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import re
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import BadRequest, to_server_error
-from ..media import AUDIO_FORMATS, MediaError
-from ..reasoning import split_reasoning
+from ..errors import BadRequest
 from ..remote_media import fetch_remote
 from ..types import GenerationRequest, Message, Part, SamplingParams
-from .fields import (
-    get_bool,
-    get_float,
-    get_inputs,
-    get_int,
-    get_keep_alive,
-    get_stop,
-    get_str,
-    require_object,
+from .fields import get_inputs, get_keep_alive
+from .native import MAX_EMBED_INPUTS
+from .openai_media import (  # noqa: F401 - transcriptions are part of this module's API
+    DEFAULT_TRANSCRIBE_PROMPT,
+    TRANSCRIPTION_FORMATS,
+    MediaReader,
+    TranscriptionCall,
+    content_part,
+    parse_transcription,
 )
-from .native import MAX_EMBED_INPUTS, decode_media, media_limits
+from .openai_objects import (  # noqa: F401 - the response builders, re-exported
+    chat_completion,
+    embedding_data,
+    finish_reason,
+    model_entry,
+    new_id,
+    usage,
+)
+from .openai_requests import (
+    REASONING_FORMATS,  # noqa: F401 - part of this module's API
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    EmbeddingRequest,
+    SamplingFields,
+)
+from .typed import validate
 
-REASONING_FORMATS = ("reasoning_content", "reasoning", "none", "merged")
 _REASONING_KEYS = {"reasoning_content": "reasoning_content", "reasoning": "reasoning"}
-TRANSCRIPTION_FORMATS = ("json", "text")
-DEFAULT_TRANSCRIBE_PROMPT = "Transcribe the audio."
 MAX_PROMPTS = 32  # prompts in one /v1/completions request
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_MEDIA_PARTS = {"image_url": "image", "video_url": "video"}
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 # Fields of the OpenAI API this server does not implement, with the values that mean "off".
 # None is always accepted; anything else is a 400 naming the field.
 _CHAT_UNSUPPORTED = {
-    "response_format": ({"type": "text"},),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
     "functions": ([],),
     "function_call": ("none", "auto"),
     "logprobs": (False,),
@@ -105,14 +105,6 @@ class EmbeddingCall:
     fields: list[str] = dataclasses.field(default_factory=list)  # `input`, `input[1]`, ...
 
 
-@dataclass
-class TranscriptionCall:
-    """A parsed /v1/audio/transcriptions form."""
-
-    request: GenerationRequest
-    response_format: str
-
-
 # --------------------------------------------------------------------------- common fields
 
 
@@ -131,194 +123,123 @@ def reject_unsupported(body: dict, fields: dict) -> None:
             )
 
 
-def sampling(body: dict, settings) -> SamplingParams:
-    """Sampling parameters; max_completion_tokens wins over the older max_tokens."""
+def _limit(value: int | None, param: str, limit: int) -> int | None:
+    if value is not None and value > limit:
+        raise BadRequest(f"'{param}' must be at most {limit}", param=param)
+    return value
+
+
+def stop_list(stop, max_stop: int, param: str = "stop") -> list[str]:
+    """A validated `stop` (a string or a list of strings) as at most `max_stop` non-empty ones."""
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else list(stop)
+    for i, item in enumerate(items):
+        if not item:
+            name = param if isinstance(stop, str) else f"{param}[{i}]"
+            raise BadRequest(f"'{name}' must not be empty", param=name)
+    if len(items) > max_stop:
+        raise BadRequest(
+            f"'{param}' has {len(items)} strings; the limit is max_stop={max_stop}",
+            param=param,
+            code="limit_exceeded",
+        )
+    return items
+
+
+def sampling(req: SamplingFields, settings) -> SamplingParams:
+    """Sampling parameters of a validated body, bounded by the settings; max_completion_tokens
+    wins over the older max_tokens."""
     limit = settings.max_new_tokens_limit
-    max_tokens = get_int(body, "max_tokens", lo=1, hi=limit)
-    max_completion = get_int(body, "max_completion_tokens", lo=1, hi=limit)
+    max_tokens = _limit(req.max_tokens, "max_tokens", limit)
+    max_completion = _limit(getattr(req, "max_completion_tokens", None), "max_completion_tokens",
+                            limit)  # fmt: skip
     return SamplingParams(
         max_new_tokens=max_completion if max_completion is not None else max_tokens,
-        temperature=get_float(body, "temperature", lo=0.0, hi=2.0),
-        top_p=get_float(body, "top_p", lo=0.0, hi=1.0),
-        top_k=get_int(body, "top_k", lo=0, hi=100000),
-        repetition_penalty=get_float(body, "repetition_penalty", lo=0.01, hi=10.0),
-        stop=get_stop(body, settings.max_stop),
-        seed=get_int(body, "seed", lo=-(2**63), hi=2**64 - 1),
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        repetition_penalty=req.repetition_penalty,
+        stop=stop_list(req.stop, settings.max_stop),
+        seed=req.seed,
     )
 
 
-def _model(body: dict, lookup=None) -> str:
-    """The required model name; `lookup` (the manager's spec) makes an unknown one a 404."""
-    model = get_str(body, "model", required=True, allow_empty=False)
+def _keep_alive(req) -> float | None:
+    return get_keep_alive({"keep_alive": req.keep_alive})
+
+
+def _lookup(model: str, lookup) -> str:
     if lookup is not None:
         lookup(model)  # 404 model_not_found before any media is decoded or fetched
     return model
 
 
-def _stream_flags(body: dict) -> tuple[bool, bool]:
-    """(stream, stream_options.include_usage); n must be 1."""
-    n = get_int(body, "n", lo=1)
-    if n is not None and n != 1:
-        raise BadRequest("only n=1 is supported", param="n", code="unsupported_parameter")
-    stream = get_bool(body, "stream")
-    options = body.get("stream_options")
-    if options is None:
-        return stream, False
-    if not isinstance(options, dict):
-        raise BadRequest("'stream_options' must be an object", param="stream_options")
-    include_usage = get_bool(options, "include_usage", param="stream_options.include_usage")
-    if not stream:  # as OpenAI and vLLM: it would be dropped unseen
-        raise BadRequest(
-            "'stream_options' is only allowed when 'stream' is true", param="stream_options"
-        )
-    return stream, include_usage
-
-
-class MediaReader:
-    """Turns the media of one request into Parts: data URIs decoded, allowed URLs fetched."""
-
-    def __init__(self, settings, tmp_dir: Path, fetch=fetch_remote):
-        self.settings = settings
-        self.limits = media_limits(settings)
-        self.tmp_dir = tmp_dir
-        self.fetch = fetch
-        self.images = 0
-
-    def part(self, kind: str, source, field: str) -> Part:
-        """One decoded Part; `source` is a data URI, base64 or an http(s) URL."""
-        if kind == "image":
-            self.images += 1
-            if self.images > self.limits.max_images:
-                raise BadRequest(
-                    f"too many images: the limit is max_images={self.limits.max_images}",
-                    param=field,
-                    code="limit_exceeded",
-                )
-        if not isinstance(source, str) or not source.strip():
-            raise BadRequest(f"'{field}' needs a non-empty url", param=field)
-        source = source.strip()
-        lowered = source[:8].lower()
-        if lowered.startswith(("http://", "https://")):
-            cap = self.limits.max_video_bytes if kind == "video" else self.limits.max_media_bytes
-            raw = self.fetch(source, field, self.settings.remote_media_hosts, cap)
-            source = base64.b64encode(raw).decode("ascii")
-        elif _SCHEME.match(source) and not lowered.startswith("data:"):
-            raise BadRequest(f"'{field}' must be a base64 data URI or an http(s) URL", param=field)
-        try:
-            return decode_media(kind, source, field, self.limits, self.tmp_dir)
-        except MediaError as exc:
-            raise to_server_error(exc) from None
+def _include_usage(req: SamplingFields) -> bool:
+    return bool(req.stream_options and req.stream_options.include_usage)
 
 
 # --------------------------------------------------------------------------- chat
 
 
-def _url_of(item: dict, key: str, path: str):
-    """The url of an image_url/video_url part ({"url": ...}, or a bare string)."""
-    value = item.get(key)
-    if isinstance(value, dict):
-        return value.get("url")
-    if isinstance(value, str):
-        return value
-    raise BadRequest(f"'{path}.{key}' must be an object with a 'url'", param=f"{path}.{key}")
+def _message(m: ChatMessage, path: str, media: MediaReader) -> Message:
+    """One validated message as a Message (developer is an alias of system); an assistant's
+    tool calls and a tool's answer keep their ids."""
+    role = _ROLES.get(m.role, m.role)
+    calls = [c.model_dump() for c in m.tool_calls] if m.tool_calls else None
+    if m.content is None:
+        return Message(role, [], tool_calls=calls)
+    if isinstance(m.content, str):
+        part = Part("text", text=m.content, field=f"{path}.content")
+        return Message(role, [part], tool_calls=calls, tool_call_id=m.tool_call_id)
+    parts = [content_part(item, f"{path}.content[{j}]", m.role, media) for j, item in
+             enumerate(m.content)]  # fmt: skip
+    return Message(role, parts, tool_calls=calls, tool_call_id=m.tool_call_id)
 
 
-def _part(item, path: str, role: str, media: MediaReader) -> Part:
-    """One content part; media only in user messages."""
-    if not isinstance(item, dict):
-        raise BadRequest(f"'{path}' must be an object", param=path)
-    kind = item.get("type")
-    if kind == "text":
-        return Part(
-            "text", text=get_str(item, "text", required=True, param=f"{path}.text"), field=path
-        )
-    if kind not in (*_MEDIA_PARTS, "input_audio"):
-        raise BadRequest(
-            f"content part type {kind!r} is not supported (text, image_url, input_audio, video_url)",
-            param=f"{path}.type",
-        )
-    if role != "user":
-        raise BadRequest(f"'{path}': only user messages may hold media", param=path)
-    if kind in _MEDIA_PARTS:
-        return media.part(_MEDIA_PARTS[kind], _url_of(item, kind, path), path)
-    audio = item.get("input_audio")
-    if not isinstance(audio, dict):
-        raise BadRequest(
-            f"'{path}.input_audio' must be an object with 'data' and 'format'",
-            param=f"{path}.input_audio",
-        )
-    fmt = get_str(audio, "format", param=f"{path}.input_audio.format")
-    if fmt is not None and fmt.lower() not in AUDIO_FORMATS:
-        raise BadRequest(
-            f"'{path}.input_audio.format' must be one of {', '.join(AUDIO_FORMATS)}",
-            param=f"{path}.input_audio.format",
-        )
-    return media.part("audio", audio.get("data"), path)
+def response_format(fmt) -> dict | None:
+    """A validated response_format as the engine's: None for text."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "schema": fmt.json_schema.schema_}
 
 
-def _message(raw, path: str, media: MediaReader) -> Message:
-    """One message; developer is an alias of system; tool calls are not supported."""
-    if not isinstance(raw, dict):
-        raise BadRequest(f"'{path}' must be an object", param=path)
-    role = raw.get("role")
-    if role not in _ROLES:
-        raise BadRequest(
-            f"'{path}.role' must be system, user or assistant (got {role!r})", param=f"{path}.role"
-        )
-    for key in ("tool_calls", "function_call", "tool_call_id"):
-        if raw.get(key):
-            raise BadRequest(
-                f"'{path}.{key}' is not supported",
-                param=f"{path}.{key}",
-                code="unsupported_parameter",
-            )
-    content = raw.get("content")
-    if isinstance(content, str):
-        return Message(_ROLES[role], [Part("text", text=content, field=f"{path}.content")])
-    if not isinstance(content, list) or not content:
-        raise BadRequest(
-            f"'{path}.content' must be a string or a non-empty list of parts",
-            param=f"{path}.content",
-        )
-    parts = [_part(item, f"{path}.content[{j}]", role, media) for j, item in enumerate(content)]
-    return Message(_ROLES[role], parts)
+def _tool_choice(req) -> str | dict:
+    choice = req.tool_choice
+    if choice is None:
+        return "auto"
+    return choice if isinstance(choice, str) else choice.model_dump()
 
 
 def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -> ChatCall:
     """POST /v1/chat/completions. `chat_template` and unknown fields are ignored."""
-    body = require_object(body)
-    model = _model(body, lookup)
-    stream, include_usage = _stream_flags(body)
+    req = validate(ChatCompletionRequest, body)
     reject_unsupported(body, _CHAT_UNSUPPORTED)
-    reasoning_format = get_str(body, "reasoning_format", "reasoning_content")
-    if reasoning_format not in REASONING_FORMATS:
-        raise BadRequest(
-            f"'reasoning_format' must be one of {', '.join(REASONING_FORMATS)}",
-            param="reasoning_format",
-        )
-    params = sampling(body, settings)
-    keep_alive = get_keep_alive(body)
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise BadRequest("'messages' must be a non-empty list", param="messages")
+    model = _lookup(req.model, lookup)
+    params = sampling(req, settings)
+    keep_alive = _keep_alive(req)
     media = MediaReader(settings, tmp_dir, fetch)
-    messages = [_message(m, f"messages[{i}]", media) for i, m in enumerate(raw)]
+    messages = [_message(m, f"messages[{i}]", media) for i, m in enumerate(req.messages)]
     request = GenerationRequest(
-        model=model, messages=messages, params=params, keep_alive=keep_alive, endpoint="openai"
+        model=model,
+        messages=messages,
+        params=params,
+        keep_alive=keep_alive,
+        endpoint="openai",
+        response_format=response_format(req.response_format),
+        tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
+        tool_choice=_tool_choice(req),
+        parallel_tool_calls=req.parallel_tool_calls is not False,
     )
-    return ChatCall(request, stream, include_usage, reasoning_format)
+    return ChatCall(request, req.stream, _include_usage(req), req.reasoning_format)
 
 
 # --------------------------------------------------------------------------- completions
 
 
-def parse_completion(body, settings, lookup=None) -> CompletionCall:
-    """POST /v1/completions: one raw-prompt request per prompt string."""
-    body = require_object(body)
-    model = _model(body, lookup)
-    stream, include_usage = _stream_flags(body)
-    reject_unsupported(body, _COMPLETION_UNSUPPORTED)
-    prompt = body.get("prompt")
+def _prompts(prompt) -> list[tuple[str, str]]:
     if isinstance(prompt, str):
         prompts = [("prompt", prompt)]
     elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
@@ -334,10 +255,19 @@ def parse_completion(body, settings, lookup=None) -> CompletionCall:
     for field, text in prompts:
         if not text:
             raise BadRequest(f"'{field}' must not be empty", param=field)
-    if stream and len(prompts) > 1:
+    return prompts
+
+
+def parse_completion(body, settings, lookup=None) -> CompletionCall:
+    """POST /v1/completions: one raw-prompt request per prompt string."""
+    req = validate(CompletionRequest, body)
+    reject_unsupported(body, _COMPLETION_UNSUPPORTED)
+    model = _lookup(req.model, lookup)
+    prompts = _prompts(req.prompt)
+    if req.stream and len(prompts) > 1:
         raise BadRequest("streaming takes a single prompt", param="prompt")
-    params = sampling(body, settings)
-    keep_alive = get_keep_alive(body)
+    params = sampling(req, settings)
+    keep_alive = _keep_alive(req)
     requests = [
         GenerationRequest(
             model=model,
@@ -346,10 +276,11 @@ def parse_completion(body, settings, lookup=None) -> CompletionCall:
             keep_alive=keep_alive,
             raw_prompt=True,
             endpoint="openai",
+            response_format=response_format(req.response_format),
         )
         for field, text in prompts
     ]
-    return CompletionCall(requests, stream, include_usage)
+    return CompletionCall(requests, req.stream, _include_usage(req))
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -358,148 +289,15 @@ def parse_completion(body, settings, lookup=None) -> CompletionCall:
 def parse_embeddings(body, lookup=None) -> EmbeddingCall:
     """POST /v1/embeddings: text inputs only; `truncate` (TEI's and Ollama's field) cuts an
     input longer than the model takes instead of refusing it."""
-    body = require_object(body)
-    model = _model(body, lookup)
-    texts = get_inputs(body, MAX_EMBED_INPUTS)
-    encoding = get_str(body, "encoding_format", "float")
-    if encoding not in ("float", "base64"):
-        raise BadRequest("'encoding_format' must be float or base64", param="encoding_format")
+    req = validate(EmbeddingRequest, body)
+    model = _lookup(req.model, lookup)
+    texts = get_inputs({"input": req.input}, MAX_EMBED_INPUTS)
     return EmbeddingCall(
         model=model,
         texts=[t for _, t in texts],
-        encoding_format=encoding,
-        dimensions=get_int(body, "dimensions", lo=1),
-        keep_alive=get_keep_alive(body),
-        truncate=get_bool(body, "truncate"),
+        encoding_format=req.encoding_format,
+        dimensions=req.dimensions,
+        keep_alive=_keep_alive(req),
+        truncate=req.truncate,
         fields=[f for f, _ in texts],
     )
-
-
-# --------------------------------------------------------------------------- transcriptions
-
-
-def parse_transcription(form, files, settings, tmp_dir: Path, lookup) -> TranscriptionCall:
-    """POST /v1/audio/transcriptions (multipart): the audio as a chat request to an audio model."""
-    model = get_str(form, "model", required=True, allow_empty=False)
-    spec = lookup(model)
-    if "audio" not in spec.capabilities:
-        raise BadRequest(f"model '{model}' does not accept audio input", param="model")
-    upload = files.get("file")
-    if upload is None:
-        raise BadRequest("'file' is required: the audio to transcribe", param="file")
-    response_format = form.get("response_format") or "json"
-    if response_format not in TRANSCRIPTION_FORMATS:
-        raise BadRequest(
-            f"'response_format' must be one of {', '.join(TRANSCRIPTION_FORMATS)}",
-            param="response_format",
-        )
-    limits = media_limits(settings)
-    data = upload.read(limits.max_media_bytes + 1)
-    if not data:
-        raise BadRequest("'file' is empty", param="file")
-    encoded = base64.b64encode(data).decode("ascii")  # limits are checked by the decoder
-    try:
-        audio = decode_media("audio", encoded, "file", limits, tmp_dir)
-    except MediaError as exc:
-        raise to_server_error(exc) from None
-    instruction = form.get("prompt") or DEFAULT_TRANSCRIBE_PROMPT
-    language = form.get("language")
-    if language and len(language) > 32:
-        raise BadRequest("'language' must be a language name or code", param="language")
-    if language:
-        instruction += f" The speech is in the language '{language}'."
-    temperature = form.get("temperature")
-    try:
-        temperature = float(temperature) if temperature not in (None, "") else None
-    except ValueError:
-        raise BadRequest("'temperature' must be a number", param="temperature") from None
-    params = sampling({"temperature": temperature}, settings)
-    text = Part("text", text=instruction, field="prompt")
-    request = GenerationRequest(
-        model=model,
-        messages=[Message("user", [audio, text])],
-        params=params,
-        keep_alive=get_keep_alive(form),
-        endpoint="openai",
-    )
-    return TranscriptionCall(request, response_format)
-
-
-# --------------------------------------------------------------------------- responses
-
-
-def new_id(prefix: str) -> str:
-    """A fresh response id such as chatcmpl-<hex>."""
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def finish_reason(result) -> str:
-    """OpenAI knows stop and length; a cancelled generation ended on our side: stop."""
-    return "length" if result.finish_reason == "length" else "stop"
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    """The usage object, from the service's own token counts."""
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def envelope(obj: str, rid: str, model: str, choices: list, **extra) -> dict:
-    """The fields every completion object and chunk shares."""
-    body = {"id": rid, "object": obj, "created": int(time.time()), "model": model}
-    return {**body, "choices": choices, **extra}
-
-
-def chat_completion(result, model: str, key: str | None, opened: bool) -> dict:
-    """The chat.completion object; reasoning moved to `key` when it is set."""
-    message = {"role": "assistant", "content": result.text}
-    if key:
-        reasoning, message["content"] = split_reasoning(result.text, opened or None)
-        if reasoning:
-            message[key] = reasoning
-    choice = {"index": 0, "message": message, "logprobs": None}
-    choice["finish_reason"] = finish_reason(result)
-    return envelope(
-        "chat.completion",
-        new_id("chatcmpl"),
-        model,
-        [choice],
-        usage=usage(result.prompt_tokens, result.completion_tokens),
-    )
-
-
-def model_entry(spec, loaded: bool, created: int, life: dict | None = None) -> dict:
-    """One /v1/models entry: the OpenAI fields plus family, capabilities and load state, and
-    `life` (availability, state, sizes: see the README's /v1/models section)."""
-    return {
-        "id": spec.name,
-        "object": "model",
-        "created": created,
-        "owned_by": spec.owned_by,
-        "family": spec.family,
-        "capabilities": list(spec.capabilities),
-        "loaded": loaded,
-        **(life or {}),
-    }
-
-
-def embedding_data(
-    vectors: list[list[float]], encoding: str, truncated: list[bool] | None = None
-) -> list[dict]:
-    """The data list; base64 holds the little-endian float32 bytes of each vector.
-    With `truncated` (the request sent "truncate": true) each item says whether it was cut."""
-    out = []
-    for i, vector in enumerate(vectors):
-        if encoding == "base64":
-            raw = np.asarray(vector, dtype="<f4").tobytes()
-            value = base64.b64encode(raw).decode("ascii")
-        else:
-            value = vector
-        item = {"object": "embedding", "index": i, "embedding": value}
-        if truncated is not None:
-            item["truncated"] = truncated[i]
-        out.append(item)
-    return out
