@@ -217,7 +217,8 @@ def test_native_errors_over_the_routes_carry_every_documented_key(make_app):
 def test_an_unknown_model_404_lists_the_models_in_both_envelopes(app):
     client = app.test_client()
     native = client.post("/generate/nope", json={"prompt": "x"}).get_json()
-    v1 = client.post("/v1/chat/completions", json={"model": "nope", "messages": []}).get_json()
+    chat = {"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+    v1 = client.post("/v1/chat/completions", json=chat).get_json()
     retrieve = client.get("/v1/models/nope").get_json()
     for message in (native["error"], v1["error"]["message"], retrieve["error"]["message"]):
         assert "'nope'" in message

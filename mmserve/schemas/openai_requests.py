@@ -27,6 +27,8 @@ class StreamOptions(Strict):
 class SamplingFields(Strict):
     """Fields every generating /v1 endpoint shares (the engine's `SamplingParams`)."""
 
+    ignored_fields = ("user",)  # OpenAI's end-user id: accepted, not acted on
+
     model: Annotated[str, Field(min_length=1, description="A model name of GET /v1/models")]
     max_tokens: PositiveInt | None = None
     temperature: Temperature | None = None
@@ -277,6 +279,8 @@ class CompletionRequest(SamplingFields):
 
 class EmbeddingRequest(Strict):
     """POST /v1/embeddings; `truncate` (TEI's and Ollama's field) cuts over-long inputs."""
+
+    ignored_fields = ("user",)  # OpenAI's end-user id: accepted, not acted on
 
     model: Annotated[str, Field(min_length=1)]
     input: str | list[str] | list[int] | list[list[int]] | None = None

@@ -4,7 +4,7 @@ content[1]`, `tools[0].function.parameters`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
 
@@ -19,6 +19,9 @@ class Strict(BaseModel):
     fields this server does not know are ignored, as OpenAI's extra fields are."""
 
     model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    # Fields the contract accepts (OpenAI clients send them) but the server does not act on:
+    # left unread, so that the response names them in X-Ignored-Fields (mmserve.body).
+    ignored_fields: ClassVar[tuple[str, ...]] = ()
 
 
 def tagged(key: str, members: dict[str, type]) -> Any:
@@ -81,9 +84,8 @@ def validate(model: type[M], body: Any) -> M:
     the member that got furthest explains the mistake best)."""
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", param=None)
-    _mark_read(model, body)
     try:
-        return model.model_validate(body)
+        out = model.model_validate(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
 
@@ -94,13 +96,10 @@ def validate(model: type[M], body: Any) -> M:
         best_param = param_of(best["loc"], best["type"])
         raise BadRequest(_message(best_param, best), param=best_param) from None
 
-
-def _mark_read(model: type[BaseModel], body: dict) -> None:
-    """Tell a `mmserve.body.Fields` which top-level fields `model` reads (by name or alias):
-    pydantic reads the dict below Python, so it cannot record them itself. The fields the model
-    does not know stay unread (a 400 on native routes, `X-Ignored-Fields` on /v1)."""
+    # pydantic reads a `mmserve.body.Fields` through its own get/[]/in, which records the fields
+    # the model knows; those it accepts but does not act on are unread again, so that the
+    # response names them (X-Ignored-Fields on /v1).
     read = getattr(body, "read", None)
-    if read is None:
-        return
-    for name, info in model.model_fields.items():
-        read.update(k for k in (name, info.alias) if isinstance(k, str))
+    if read is not None:
+        read.difference_update(model.ignored_fields)
+    return out
