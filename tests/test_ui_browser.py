@@ -331,6 +331,9 @@ def test_accessibility_scan_has_no_serious_violations(page_server, driver):
     set_field(driver, "#max-tokens", "4")
     send(driver, "hi")
     answered(driver)
+    css(driver, "#advanced summary").click()  # the fold open, an inline JSON error in it
+    set_field(driver, "#tools", "[{")
+    wait_for(lambda: css(driver, "#tools-error").is_displayed(), what="the tools box's error")
     driver.execute_script(AXE.read_text())
     result = driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
@@ -360,7 +363,13 @@ def test_works_at_390_px(page_server, driver, shots):
             "#stop",
             '[data-action="load"]',
             "#emergency",
+            "#advanced summary",
+            "#json-schema",
+            "#tools",
+            "#tool-choice",
         ):
+            if selector == "#json-schema":
+                css(driver, "#advanced summary").click()
             rect = driver.execute_script(
                 "const r = arguments[0].getBoundingClientRect();"
                 "return {l: r.left, r: r.right, w: r.width, h: r.height}",
@@ -368,6 +377,10 @@ def test_works_at_390_px(page_server, driver, shots):
             )
             assert rect["l"] >= 0 and rect["r"] <= 390, (selector, rect)
             assert rect["w"] >= 24 and rect["h"] >= 24, (selector, rect)
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 390, f"horizontal overflow with the Advanced fold open: {width} px"
+        driver.execute_script("arguments[0].scrollIntoView()", css(driver, "#advanced"))
+        shots(driver, "narrow-390-advanced")
         pick(driver, "tiny_text")
         set_field(driver, "#max-tokens", "4")
         send(driver, "hi")
