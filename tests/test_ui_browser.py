@@ -293,8 +293,17 @@ def test_structured_output_and_tool_calls_from_the_advanced_fold(page_server, dr
 
     set_field(driver, "#json-schema", json.dumps(CITY))
     send(driver, "Where is the Eiffel Tower? Answer with the city.")
-    done = answered(driver, what="the structured answer")
+    seen = set()
+
+    def finished():
+        answer = last_answer(driver)
+        if answer and answer["state"] == "streaming" and answer["text"]:
+            seen.add(answer["text"])
+        return answer and answer["state"] != "streaming" and answer
+
+    done = wait_for(finished, timeout=120, every=0.02, what="the structured answer")
     assert done["state"] == "done", done
+    assert len(seen) >= 2, f"the JSON answer did not stream in: {sorted(seen)}"
     assert not css(driver, "#json-schema-error").is_displayed()
     answer = json.loads(done["text"])
     assert isinstance(answer["city"], str) and answer["city"], answer
