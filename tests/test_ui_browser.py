@@ -270,12 +270,79 @@ def test_gpu_bar_splits_cuda_memory_by_model(page_server, driver):
     assert [name for name, _ in ram][0] == "minilm"  # a model on the CPU counts in RAM
 
 
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": CITY,
+                "description": "The weather in a city."}}  # fmt: skip
+
+
+def test_structured_output_and_tool_calls_from_the_advanced_fold(page_server, driver, shots):
+    from selenium.webdriver.support.ui import Select
+
+    open_page(driver, page_server.url)
+    pick(driver, "smollm2")
+    set_field(driver, "#temperature", "0")
+    set_field(driver, "#max-tokens", "48")
+    css(driver, "#advanced summary").click()
+    set_field(driver, "#json-schema", '{"type": "object",')
+    send(driver, "Where is the Eiffel Tower?")
+    error = wait_for(lambda: css(driver, "#json-schema-error").text, what="the inline JSON error")
+    assert error.startswith("Not sent:"), error
+    assert css(driver, "#json-schema").get_attribute("aria-invalid") == "true"
+    assert not driver.find_elements("css selector", ".msg"), "invalid JSON was sent"
+    shots(driver, "advanced-invalid-json")
+
+    set_field(driver, "#json-schema", json.dumps(CITY))
+    send(driver, "Where is the Eiffel Tower? Answer with the city.")
+    seen = set()
+
+    def finished():
+        answer = last_answer(driver)
+        if answer and answer["state"] == "streaming" and answer["text"]:
+            seen.add(answer["text"])
+        return answer and answer["state"] != "streaming" and answer
+
+    done = wait_for(finished, timeout=120, every=0.02, what="the structured answer")
+    assert done["state"] == "done", done
+    assert len(seen) >= 2, f"the JSON answer did not stream in: {sorted(seen)}"
+    assert not css(driver, "#json-schema-error").is_displayed()
+    answer = json.loads(done["text"])
+    assert isinstance(answer["city"], str) and answer["city"], answer
+    shots(driver, "advanced-json-schema")
+
+    set_field(driver, "#json-schema", json.dumps({"type": "object", "properties": {"a": 5}}))
+    send(driver, "Again.")
+    done = answered(driver, what="the bad schema's 400")
+    assert done["state"] == "error" and "response_format" in done["meta"], done
+
+    set_field(driver, "#json-schema", "")
+    set_field(driver, "#tools", json.dumps([WEATHER_TOOL]))
+    choices = [o.get_attribute("value") for o in Select(css(driver, "#tool-choice")).options]
+    assert choices == ["auto", "required", "none", "function:get_weather"], choices
+    Select(css(driver, "#tool-choice")).select_by_value("required")
+    send(driver, "What is the weather in Paris?")
+    done = answered(driver, what="the tool call")
+    assert done["state"] == "done" and "finish: tool_calls" in done["meta"], done
+    calls = driver.execute_script(
+        "return [...[...document.querySelectorAll('.msg.assistant')].pop()"
+        ".querySelectorAll('.tool-call')].map(c => [c.querySelector('.tool-name').textContent,"
+        " c.querySelector('.tool-args').textContent])"
+    )
+    assert calls and all(name == "Tool call: get_weather" for name, _ in calls), calls
+    for _, args in calls:
+        arguments = json.loads(args)
+        assert set(arguments) >= {"city"} and isinstance(arguments["city"], str), arguments
+    shots(driver, "advanced-tool-call")
+
+
 def test_accessibility_scan_has_no_serious_violations(page_server, driver):
     open_page(driver, page_server.url)
     pick(driver, "tiny_think")  # a conversation with an answer and a reasoning fold in it
     set_field(driver, "#max-tokens", "4")
     send(driver, "hi")
     answered(driver)
+    css(driver, "#advanced summary").click()  # the fold open, an inline JSON error in it
+    set_field(driver, "#tools", "[{")
+    wait_for(lambda: css(driver, "#tools-error").is_displayed(), what="the tools box's error")
     driver.execute_script(AXE.read_text())
     result = driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
@@ -305,7 +372,13 @@ def test_works_at_390_px(page_server, driver, shots):
             "#stop",
             '[data-action="load"]',
             "#emergency",
+            "#advanced summary",
+            "#json-schema",
+            "#tools",
+            "#tool-choice",
         ):
+            if selector == "#json-schema":
+                css(driver, "#advanced summary").click()
             rect = driver.execute_script(
                 "const r = arguments[0].getBoundingClientRect();"
                 "return {l: r.left, r: r.right, w: r.width, h: r.height}",
@@ -313,6 +386,10 @@ def test_works_at_390_px(page_server, driver, shots):
             )
             assert rect["l"] >= 0 and rect["r"] <= 390, (selector, rect)
             assert rect["w"] >= 24 and rect["h"] >= 24, (selector, rect)
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 390, f"horizontal overflow with the Advanced fold open: {width} px"
+        driver.execute_script("arguments[0].scrollIntoView()", css(driver, "#advanced"))
+        shots(driver, "narrow-390-advanced")
         pick(driver, "tiny_text")
         set_field(driver, "#max-tokens", "4")
         send(driver, "hi")

@@ -1,5 +1,7 @@
 // The conversation: streamed answers from /v1/chat/completions, Stop, reasoning folded apart,
-// clear and copy; errors show the server's own message (429 with its retry time).
+// clear and copy; errors show the server's own message (429 with its retry time); the
+// Advanced fold's response_format and tools, with streamed tool calls shown as they assemble.
+import { Advanced, ToolCalls, pretty } from "./advanced.js";
 import { ApiError, ServerDown, call, sseEvents } from "./api.js";
 import { $, fmtSeconds, h, say } from "./dom.js";
 import { Attachments, preview, toPart } from "./media.js";
@@ -17,6 +19,7 @@ export class Chat {
     this.status = $("#chat-status");
     this.prompt = $("#prompt");
     this.media = new Attachments();
+    this.advanced = new Advanced();
     $("#composer").addEventListener("submit", (e) => {
       e.preventDefault();
       this.send();
@@ -49,7 +52,8 @@ export class Chat {
     return el;
   }
 
-  requestBody(model) {
+  /** The request of the next answer; `extra` is the Advanced fold's fields. */
+  requestBody(model, extra = {}) {
     const messages = [];
     const system = $("#system").value.trim();
     if (system) messages.push({ role: "system", content: system });
@@ -65,7 +69,7 @@ export class Chat {
       left += message.content.length - parts.length;
       messages.push({ ...message, content: parts.length ? parts : "[attachment not sent]" });
     }
-    const body = { model, messages, stream: true, stream_options: { include_usage: true } };
+    const body = { model, messages, stream: true, stream_options: { include_usage: true }, ...extra };
     const temperature = parseFloat($("#temperature").value);
     const maxTokens = parseInt($("#max-tokens").value, 10);
     if (Number.isFinite(temperature)) body.temperature = temperature;
@@ -79,6 +83,8 @@ export class Chat {
     if (this.busy) return;
     if (!model) return say(this.status, "Pick a model first.", true);
     if (!text && !this.media.items.length) return say(this.status, "Write a message first.", true);
+    const extra = this.advanced.fields();
+    if (!extra) return say(this.status, "Not sent: fix the JSON under Advanced first.", true);
     const attached = this.media.take();
     const content = attached.length
       ? [...(text ? [{ type: "text", text }] : []), ...attached.map(toPart)]
@@ -94,13 +100,16 @@ export class Chat {
         attached.length ? h("div", { class: "media" }, attached.map(preview)) : null,
       ),
     );
-    const [body, dropped] = this.requestBody(model);
+    const [body, dropped] = this.requestBody(model, extra);
     await this.stream(model, body, dropped);
   }
 
   /** Stream one answer; `dropped` earlier attachments were left out for this model. */
   async stream(model, body, dropped) {
-    const answer = h("div", { class: "text" });
+    const json = this.advanced.wantsJson;
+    const answer = h("div", { class: json ? "text json" : "text" });
+    const callsView = h("div", { class: "tool-calls", role: "group", "aria-label": "Tool calls", hidden: true });
+    const calls = new ToolCalls(callsView);
     const reasoning = h("div", { class: "rtext" });
     const fold = h("details", { class: "reasoning", hidden: true }, h("summary", { text: "Reasoning" }), reasoning);
     const meta = h("div", { class: "meta", text: "waiting for the model…" });
@@ -111,6 +120,7 @@ export class Chat {
         h("div", { class: "who", text: model }),
         fold,
         answer,
+        callsView,
         meta,
       ),
     );
@@ -141,6 +151,11 @@ export class Chat {
           meta.textContent = "generating…";
           this.view.scrollTop = this.view.scrollHeight;
         }
+        if (delta.tool_calls) {
+          calls.add(delta.tool_calls);
+          meta.textContent = "calling a tool…";
+          this.view.scrollTop = this.view.scrollHeight;
+        }
         if (choice.finish_reason) finish = choice.finish_reason;
       }
     } catch (err) {
@@ -152,8 +167,11 @@ export class Chat {
     }
     const seconds = ((performance.now() - t0) / 1000).toFixed(1);
     msg.dataset.state = state;
-    if (state !== "error") this.history.push({ role: "assistant", content: answer.textContent });
-    else this.history.pop(); // the unanswered question is not sent again with the next one
+    const said = answer.textContent;
+    if (state === "error") this.history.pop(); // the unanswered question is not sent again
+    else if (calls.list.length) this.history.push({ role: "assistant", content: said || null, tool_calls: calls.list });
+    else this.history.push({ role: "assistant", content: said });
+    if (json && state === "done") answer.textContent = pretty(said); // a complete JSON answer
     const parts = [];
     if (state === "stopped") parts.push("stopped");
     if (usage) parts.push(`${usage.completion_tokens} tokens`);
@@ -170,6 +188,7 @@ export class Chat {
     let text = err.message;
     if (err instanceof ServerDown) text = "The server did not answer.";
     if (err instanceof ApiError && err.status === 401) text = `${err.message}: enter the API key under Keys.`;
+    else if (err instanceof ApiError && err.param && !text.includes(err.param)) text += ` (${err.param})`;
     meta.textContent = "";
     meta.append(h("span", { class: "err", text }));
     if (err instanceof ApiError && err.retryAfter !== null) {
@@ -201,7 +220,10 @@ export class Chat {
 
   transcript() {
     return [...this.view.querySelectorAll(".msg")]
-      .map((m) => `${$(".who", m).textContent}: ${$(".text", m).textContent}`)
+      .map((m) => {
+        const calls = [...m.querySelectorAll(".tool-call")].map((c) => `${$(".tool-name", c).textContent}\n${$(".tool-args", c).textContent}`);
+        return [`${$(".who", m).textContent}: ${$(".text", m).textContent}`, ...calls].join("\n");
+      })
       .join("\n\n");
   }
 
