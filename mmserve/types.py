@@ -36,6 +36,12 @@ class SamplingParams:
     repetition_penalty: float | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    presence_penalty: float | None = None  # OpenAI's, over the generated tokens
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    logprobs: int | None = None  # None: none; k: the chosen token's logprob and the top k
+    prompt_logprobs: int | None = None  # the same for every prompt token (echo)
+    n: int = 1  # choices: rows of one batch sharing the prompt's prefill
 
 
 @dataclass
@@ -49,12 +55,36 @@ class GenerationRequest:
     raw_prompt: bool = False  # True: feed the text as is, without the chat template
     return_audio: bool = False  # omni: also return speech
     endpoint: str = "native"
+    prompt_ids: list[int] | None = None  # a token-id prompt, fed as is (raw_prompt)
 
     def media_parts(self):
         for msg in self.messages:
             for part in msg.parts:
                 if part.type in MEDIA_TYPES:
                     yield part
+
+
+@dataclass
+class TokenLogprob:
+    """One token with its log-probability (natural log, of the raw model distribution)
+    and the `top` most likely alternatives at its position as (text, logprob) pairs."""
+
+    token: str  # its text (a lone token may decode to U+FFFD: `bytes` are exact)
+    logprob: float | None  # None for the first prompt token (nothing predicts it)
+    bytes: list[int]
+    top: list[tuple[str, float, list[int]]] = field(default_factory=list)
+    id: int = -1
+
+
+@dataclass
+class Choice:
+    """One of the n answers of a request."""
+
+    index: int
+    text: str
+    completion_tokens: int
+    finish_reason: str
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -70,3 +100,6 @@ class GenerationResult:
     audio_wav_base64: str | None = None
     seconds: float = 0.0
     first_token_seconds: float | None = None
+    choices: list[Choice] = field(default_factory=list)  # all n; `text` etc. are choice 0's
+    prompt_text: str | None = None  # the prompt as text (echo)
+    prompt_logprobs: list[TokenLogprob] | None = None  # with `prompt_logprobs`
