@@ -23,9 +23,8 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from .errors import Unavailable
+from .errors import BadRequest, Unavailable
 from .generation import eos_ids
-from .errors import BadRequest
 from .logprobs import capture
 from .rows import Row, Rows
 from .sampling import RowSampling, SampleInGenerate, Sampler
