@@ -8,6 +8,7 @@ import json
 from flask import Blueprint, Response, g, jsonify, request
 
 from ..errors import BadRequest, ServerError, to_server_error
+from ..logprobs import chat_content, legacy
 from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import openai as schema
@@ -190,36 +191,49 @@ def chat_completions():
         g.tokens = result.completion_tokens
         return jsonify(schema.chat_completion(result, req.model, key, opened))
     events, source, prefix = open_stream(rt, req)
-    splitter = ReasoningSplitter(opened) if key else None
-    return _streamed(_chat_events(call, events, splitter, key), source, prefix)
+    return _streamed(_chat_events(call, events, opened, key), source, prefix)
 
 
-def _chat_events(call, events, splitter, key):
-    """chat.completion.chunk events: role, deltas (reasoning under `key`), finish, usage, DONE."""
+def _chat_events(call, events, opened, key):
+    """chat.completion.chunk events: per choice (n, interleaved by `index`) its role, deltas
+    (reasoning under `key`) with their logprobs, finish; then usage and DONE."""
     rid, model = schema.new_id("chatcmpl"), call.request.model
     extra = {"usage": None} if call.include_usage else {}
+    n, logprobs = call.request.params.n, call.request.params.logprobs is not None
+    splitters = [ReasoningSplitter(opened) if key else None for _ in range(n)]
 
-    def chunk(delta: dict, finish=None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(index: int, delta: dict, finish=None, entries=None) -> str:
+        lp = chat_content(entries) if logprobs and entries is not None else None
+        choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
         return sse(schema.envelope("chat.completion.chunk", rid, model, [choice], **extra))
 
-    def deltas(pieces):
+    def deltas(index, pieces, entries):
         for kind, text in pieces:
-            yield chunk({key if kind == REASONING else "content": text})
+            yield chunk(index, {key if kind == REASONING else "content": text}, None, entries)
+            entries = None  # a piece's logprobs go with its first chunk
 
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        for i in range(n):
+            yield chunk(i, {"role": "assistant", "content": ""})
         result = None
         for item in events:
             if not isinstance(item, str):
                 result = item
-            elif splitter is None:
-                yield chunk({"content": item})
+                continue
+            i, entries = getattr(item, "index", 0), getattr(item, "logprobs", None)
+            splitter = splitters[i]
+            if splitter is None:
+                yield chunk(i, {"content": str(item)}, None, entries)
             else:
-                yield from deltas(splitter.feed(item))
-        if splitter is not None:
-            yield from deltas(splitter.flush())
-        yield chunk({}, schema.finish_reason(result))
+                pieces = splitter.feed(item)
+                if not pieces and entries:
+                    yield chunk(i, {"content": ""}, None, entries)
+                yield from deltas(i, pieces, entries)
+        for i, splitter in enumerate(splitters):
+            if splitter is not None:
+                yield from deltas(i, splitter.flush(), None)
+        for c in result.choices:
+            yield chunk(c.index, {}, schema.finish_reason(c))
         if call.include_usage:
             usage = schema.usage(result.prompt_tokens, result.completion_tokens)
             yield sse(schema.envelope("chat.completion.chunk", rid, model, [], usage=usage))
@@ -245,32 +259,37 @@ def completions():
         except ServerError as exc:
             raise _on_prompt(exc, req.messages[0].parts[0].field) from None
     g.tokens = sum(r.completion_tokens for r in results)
-    choices = [
-        {"index": i, "text": r.text, "logprobs": None, "finish_reason": schema.finish_reason(r)}
-        for i, r in enumerate(results)
-    ]
+    n = call.requests[0].params.n
+    choices = []
+    for i, r in enumerate(results):  # choice index: prompt i, row j -> i * n + j (OpenAI's)
+        choices += schema.text_choices(r, call.echo, i * n)
     usage = schema.usage(sum(r.prompt_tokens for r in results), g.tokens)
     rid = schema.new_id("cmpl")
     return jsonify(schema.envelope("text_completion", rid, g.model, choices, usage=usage))
 
 
 def _completion_events(call, events):
-    """text_completion events: text deltas, finish, optional usage, DONE."""
+    """text_completion events: text deltas (n choices interleaved by `index`) with their
+    legacy logprobs, finishes, optional usage, DONE."""
     rid, model = schema.new_id("cmpl"), call.requests[0].model
     extra = {"usage": None} if call.include_usage else {}
+    offsets = [0] * call.requests[0].params.n
 
-    def chunk(text: str, finish=None) -> str:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def chunk(index: int, text: str, finish=None, entries=None) -> str:
+        lp = legacy(entries, offsets[index]) if entries is not None else None
+        offsets[index] += len(text)
+        choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
         return sse(schema.envelope("text_completion", rid, model, [choice], **extra))
 
     try:
         result = None
         for item in events:
             if isinstance(item, str):
-                yield chunk(item)
+                yield chunk(getattr(item, "index", 0), str(item), None, item.logprobs)
             else:
                 result = item
-        yield chunk("", schema.finish_reason(result))
+        for c in result.choices:
+            yield chunk(c.index, "", schema.finish_reason(c))
         if call.include_usage:
             usage = schema.usage(result.prompt_tokens, result.completion_tokens)
             yield sse(schema.envelope("text_completion", rid, model, [], usage=usage))

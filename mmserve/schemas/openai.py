@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadRequest, to_server_error
+from ..logprobs import MAX_TOP_CHAT, MAX_TOP_LEGACY, chat_content, join_legacy, legacy
 from ..media import AUDIO_FORMATS, MediaError
 from ..reasoning import split_reasoning
 from ..remote_media import fetch_remote
@@ -47,24 +48,14 @@ _CHAT_UNSUPPORTED = {
     "tool_choice": ("none", "auto"),
     "functions": ([],),
     "function_call": ("none", "auto"),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "logit_bias": ({},),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
     "modalities": (["text"],),
     "audio": (),
     "prediction": (),
     "web_search_options": (),
 }
 _COMPLETION_UNSUPPORTED = {
-    "echo": (False,),
     "best_of": (1,),
     "suffix": ("",),
-    "logprobs": (0, False),
-    "logit_bias": ({},),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
 }
 
 
@@ -90,6 +81,7 @@ class CompletionCall:
     requests: list[GenerationRequest]  # one per prompt, in the order of the choices
     stream: bool
     include_usage: bool
+    echo: bool = False
 
 
 @dataclass
@@ -131,10 +123,11 @@ def reject_unsupported(body: dict, fields: dict) -> None:
             )
 
 
-def sampling(body: dict, settings) -> SamplingParams:
-    """Sampling parameters; max_completion_tokens wins over the older max_tokens."""
+def sampling(body: dict, settings, min_tokens: int = 1) -> SamplingParams:
+    """Sampling parameters; max_completion_tokens wins over the older max_tokens
+    (`min_tokens` 0: /v1/completions with echo, which may only score the prompt)."""
     limit = settings.max_new_tokens_limit
-    max_tokens = get_int(body, "max_tokens", lo=1, hi=limit)
+    max_tokens = get_int(body, "max_tokens", lo=min_tokens, hi=limit)
     max_completion = get_int(body, "max_completion_tokens", lo=1, hi=limit)
     return SamplingParams(
         max_new_tokens=max_completion if max_completion is not None else max_tokens,
@@ -144,7 +137,29 @@ def sampling(body: dict, settings) -> SamplingParams:
         repetition_penalty=get_float(body, "repetition_penalty", lo=0.01, hi=10.0),
         stop=get_stop(body, settings.max_stop),
         seed=get_int(body, "seed", lo=-(2**63), hi=2**64 - 1),
+        presence_penalty=get_float(body, "presence_penalty", lo=-2.0, hi=2.0),
+        frequency_penalty=get_float(body, "frequency_penalty", lo=-2.0, hi=2.0),
+        logit_bias=logit_bias(body.get("logit_bias")),
+        n=get_int(body, "n", 1, lo=1, hi=settings.max_n),
     )
+
+
+def logit_bias(raw) -> dict[int, float]:
+    """OpenAI's `logit_bias`: {"token id": bias -100..100}; ids are checked against the
+    model's vocabulary once it is loaded (`InferenceService._prepare`)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BadRequest("'logit_bias' must be an object of token id -> bias", param="logit_bias")
+    out = {}
+    for key in raw:
+        param = f"logit_bias.{key}"
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise BadRequest(f"'{param}': keys must be token ids", param=param) from None
+        out[token] = get_float(raw, key, lo=-100.0, hi=100.0, param=param)
+    return out
 
 
 def _model(body: dict, lookup=None) -> str:
@@ -156,10 +171,7 @@ def _model(body: dict, lookup=None) -> str:
 
 
 def _stream_flags(body: dict) -> tuple[bool, bool]:
-    """(stream, stream_options.include_usage); n must be 1."""
-    n = get_int(body, "n", lo=1)
-    if n is not None and n != 1:
-        raise BadRequest("only n=1 is supported", param="n", code="unsupported_parameter")
+    """(stream, stream_options.include_usage)."""
     stream = get_bool(body, "stream")
     options = body.get("stream_options")
     if options is None:
@@ -292,6 +304,11 @@ def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -
             param="reasoning_format",
         )
     params = sampling(body, settings)
+    top = get_int(body, "top_logprobs", lo=0, hi=MAX_TOP_CHAT)
+    if get_bool(body, "logprobs"):
+        params.logprobs = top or 0
+    elif top:
+        raise BadRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     keep_alive = get_keep_alive(body)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
@@ -307,44 +324,87 @@ def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -
 # --------------------------------------------------------------------------- completions
 
 
+def _prompts(body: dict) -> list[tuple[str, str | None, list[int] | None]]:
+    """(field, text, token ids) per prompt: a string, a list of strings, a list of token
+    ids, or a list of such lists."""
+    prompt = body.get("prompt")
+
+    def is_ids(value) -> bool:
+        return (
+            isinstance(value, list)
+            and bool(value)
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+        )
+
+    if isinstance(prompt, str):
+        return [("prompt", prompt, None)]
+    if is_ids(prompt):
+        return [("prompt", None, prompt)]
+    if isinstance(prompt, list) and prompt:
+        out = []
+        for i, p in enumerate(prompt):
+            if isinstance(p, str):
+                out.append((f"prompt[{i}]", p, None))
+            elif is_ids(p):
+                out.append((f"prompt[{i}]", None, p))
+            else:
+                raise BadRequest(
+                    f"'prompt[{i}]' must be a string or a non-empty list of token ids",
+                    param=f"prompt[{i}]",
+                )
+        return out
+    raise BadRequest(
+        "'prompt' must be a string, a list of strings, a list of token ids or a list of such "
+        "lists",
+        param="prompt",
+    )
+
+
 def parse_completion(body, settings, lookup=None) -> CompletionCall:
-    """POST /v1/completions: one raw-prompt request per prompt string."""
+    """POST /v1/completions: one raw-prompt request per prompt (text or token ids).
+
+    `logprobs` k (0-5) gives the legacy logprobs object; `echo` puts the prompt before the
+    completion (with its tokens' logprobs when `logprobs` is set); with echo, `max_tokens` 0
+    only scores the prompt (the loglikelihood call of eval harnesses)."""
     body = require_object(body)
     model = _model(body, lookup)
     stream, include_usage = _stream_flags(body)
     reject_unsupported(body, _COMPLETION_UNSUPPORTED)
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        prompts = [("prompt", prompt)]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        prompts = [(f"prompt[{i}]", p) for i, p in enumerate(prompt)]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, (int, list)) for p in prompt):
-        raise BadRequest("token arrays are not supported; send the prompt as text", param="prompt")
-    else:
-        raise BadRequest("'prompt' must be a string or a non-empty list of strings", param="prompt")
+    prompts = _prompts(body)
     if len(prompts) > MAX_PROMPTS:
         raise BadRequest(
             f"at most {MAX_PROMPTS} prompts per request", param="prompt", code="limit_exceeded"
         )
-    for field, text in prompts:
-        if not text:
+    for field, text, _ in prompts:
+        if text == "":
             raise BadRequest(f"'{field}' must not be empty", param=field)
     if stream and len(prompts) > 1:
         raise BadRequest("streaming takes a single prompt", param="prompt")
-    params = sampling(body, settings)
+    echo = get_bool(body, "echo")
+    params = sampling(body, settings, min_tokens=0 if echo else 1)
+    if isinstance(body.get("logprobs"), bool):
+        raise BadRequest("'logprobs' must be an integer 0-5 here", param="logprobs")
+    params.logprobs = get_int(body, "logprobs", lo=0, hi=MAX_TOP_LEGACY)
+    if echo and params.logprobs is not None:
+        params.prompt_logprobs = params.logprobs
+    if echo and stream:
+        raise BadRequest("'echo' cannot be streamed here", param="echo")
     keep_alive = get_keep_alive(body)
     requests = [
         GenerationRequest(
             model=model,
-            messages=[Message("user", [Part("text", text=text, field=field)])],
-            params=dataclasses.replace(params, stop=list(params.stop)),
+            messages=[Message("user", [Part("text", text=text or "", field=field)])],
+            params=dataclasses.replace(
+                params, stop=list(params.stop), logit_bias=dict(params.logit_bias)
+            ),
             keep_alive=keep_alive,
             raw_prompt=True,
             endpoint="openai",
+            prompt_ids=ids,
         )
-        for field, text in prompts
+        for field, text, ids in prompts
     ]
-    return CompletionCall(requests, stream, include_usage)
+    return CompletionCall(requests, stream, include_usage, echo)
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -446,22 +506,55 @@ def envelope(obj: str, rid: str, model: str, choices: list, **extra) -> dict:
     return {**body, "choices": choices, **extra}
 
 
-def chat_completion(result, model: str, key: str | None, opened: bool) -> dict:
-    """The chat.completion object; reasoning moved to `key` when it is set."""
-    message = {"role": "assistant", "content": result.text}
+def chat_message(text: str, key: str | None, opened: bool) -> dict:
+    """One choice's assistant message; reasoning moved to `key` when it is set."""
+    message = {"role": "assistant", "content": text}
     if key:
-        reasoning, message["content"] = split_reasoning(result.text, opened or None)
+        reasoning, message["content"] = split_reasoning(text, opened or None)
         if reasoning:
             message[key] = reasoning
-    choice = {"index": 0, "message": message, "logprobs": None}
-    choice["finish_reason"] = finish_reason(result)
+    return message
+
+
+def chat_completion(result, model: str, key: str | None, opened: bool) -> dict:
+    """The chat.completion object: one choice per row of the request (n)."""
+    choices = [
+        {
+            "index": c.index,
+            "message": chat_message(c.text, key, opened),
+            "logprobs": chat_content(c.logprobs),
+            "finish_reason": finish_reason(c),
+        }
+        for c in result.choices
+    ]
     return envelope(
         "chat.completion",
         new_id("chatcmpl"),
         model,
-        [choice],
+        choices,
         usage=usage(result.prompt_tokens, result.completion_tokens),
     )
+
+
+def text_choices(result, echo: bool, first_index: int = 0) -> list[dict]:
+    """/v1/completions choices of one prompt; with `echo` the prompt (and its logprobs)
+    comes first."""
+    prompt = result.prompt_text or "" if echo else ""
+    head = legacy(result.prompt_logprobs) if echo else None
+    out = []
+    for c in result.choices:
+        logprobs = legacy(c.logprobs, len(prompt))
+        if echo and head is not None:
+            logprobs = join_legacy(head, logprobs or legacy([]))
+        out.append(
+            {
+                "index": first_index + c.index,
+                "text": prompt + c.text,
+                "logprobs": logprobs,
+                "finish_reason": finish_reason(c),
+            }
+        )
+    return out
 
 
 def model_entry(spec, loaded: bool, created: int, life: dict | None = None) -> dict:
