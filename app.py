@@ -12,7 +12,7 @@ from flask import Flask
 from mmserve import http
 from mmserve.logs import setup_logging
 from mmserve.metrics import bp as metrics_bp
-from mmserve.routes import admin, native, openai
+from mmserve.routes import admin, anthropic, native, openai, responses
 from mmserve.runtime import build_runtime
 from mmserve.settings import Settings
 
@@ -73,6 +73,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(native.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(openai.bp)
+    app.register_blueprint(anthropic.bp)
+    app.register_blueprint(responses.bp)
     app.register_blueprint(metrics_bp)
 
     stop = threading.Event()

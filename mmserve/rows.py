@@ -49,6 +49,7 @@ class StopText:
         self.buffer = ""
         self.emitted = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, text: str) -> str:
         """Text safe to emit now."""
@@ -57,6 +58,7 @@ class StopText:
         self.buffer += text
         cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
+            self.matched = next(s for s in self.stops if self.buffer.find(s) == cut)
             out, self.buffer, self.stopped = self.buffer[:cut], "", True
         elif self.hold and len(self.buffer) > self.hold:
             out, self.buffer = self.buffer[: -self.hold], self.buffer[-self.hold :]

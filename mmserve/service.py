@@ -122,7 +122,8 @@ class InferenceService:
         spec = lm.spec
         first_at = rows.first_token_at
         choices = [
-            Choice(i, r.text, len(r.completion_ids), r.finish_reason or "stop", r.logprobs)
+            Choice(i, r.text, len(r.completion_ids), r.finish_reason or "stop", r.logprobs,
+                   r.cut.matched)  # fmt: skip
             for i, r in enumerate(rows.rows)
         ]
         if req.params.logprobs is not None:

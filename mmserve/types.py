@@ -22,6 +22,7 @@ class Part:
 class Message:
     role: str  # system | user | assistant
     parts: list[Part]
+    reasoning: str | None = None  # an assistant turn's reasoning, for templates that take it
 
     def text(self) -> str:
         return "".join(p.text or "" for p in self.parts if p.type == "text")
@@ -56,6 +57,8 @@ class GenerationRequest:
     return_audio: bool = False  # omni: also return speech
     endpoint: str = "native"
     prompt_ids: list[int] | None = None  # a token-id prompt, fed as is (raw_prompt)
+    # Chat-template switches (`enable_thinking`), passed only to templates that read them.
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def media_parts(self):
         for msg in self.messages:
@@ -85,6 +88,7 @@ class Choice:
     completion_tokens: int
     finish_reason: str
     logprobs: list[TokenLogprob] | None = None
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
 
 
 @dataclass

@@ -15,8 +15,8 @@ PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def oai(live_server):
-    return openai.OpenAI(base_url=live_server.url + "/v1", api_key="none", max_retries=0)
+def oai(oa_server):
+    return openai.OpenAI(base_url=oa_server.url + "/v1", api_key="none", max_retries=0)
 
 
 def test_chat_logprobs_have_openai_shapes(oai):
@@ -48,8 +48,8 @@ def test_streamed_chat_logprobs_cover_the_text(oai):
     assert all(len(t.top_logprobs) == 2 for t in tokens)
 
 
-def test_top_logprobs_is_bounded_and_needs_logprobs(live_server):
-    url = live_server.url + "/v1/chat/completions"
+def test_top_logprobs_is_bounded_and_needs_logprobs(oa_server):
+    url = oa_server.url + "/v1/chat/completions"
     body = {"model": "smollm2", "messages": PROMPT, "max_tokens": 2}
     r = requests.post(url, json={**body, "logprobs": True, "top_logprobs": 21}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
@@ -75,7 +75,7 @@ def test_completions_legacy_logprobs_and_echo_score_the_prompt(oai):
     assert all(len(t) == 2 for t in lp.top_logprobs[1:])
 
 
-def test_prompt_logprobs_equal_transformers(live_server, smollm2_models_dir):
+def test_prompt_logprobs_equal_transformers(oa_server, smollm2_models_dir):
     """The server's loglikelihood of a continuation equals the in-process one."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -90,7 +90,7 @@ def test_prompt_logprobs_equal_transformers(live_server, smollm2_models_dir):
         logits = model(torch.tensor([ids])).logits[0]
     want = torch.log_softmax(logits.float(), -1)[range(len(ids) - 1), ids[1:]].tolist()
     r = requests.post(
-        live_server.url + "/v1/completions",
+        oa_server.url + "/v1/completions",
         json={"model": "smollm2", "prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 0},
         timeout=60,
     )
@@ -140,7 +140,7 @@ def test_frequency_penalty_reduces_repeats(oai):
     assert _repeats(penalised) < _repeats(plain) / 2, (plain, penalised)
 
 
-def test_logit_bias_forces_and_bans_a_token(oai, live_server, smol_tokenizer):
+def test_logit_bias_forces_and_bans_a_token(oai, oa_server, smol_tokenizer):
     plain = oai.completions.create(model="smollm2", prompt="Hello", max_tokens=1, logprobs=0)
     first = plain.choices[0].logprobs.tokens[0]
     (first_id,) = smol_tokenizer(first, add_special_tokens=False)["input_ids"]
@@ -154,14 +154,14 @@ def test_logit_bias_forces_and_bans_a_token(oai, live_server, smol_tokenizer):
     )
     assert banned.choices[0].text != first
     r = requests.post(
-        live_server.url + "/v1/completions",
+        oa_server.url + "/v1/completions",
         json={"model": "smollm2", "prompt": "Hi", "logit_bias": {"999999": 5}},
         timeout=60,
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias.999999"
 
 
-def test_token_prompts_equal_their_text(oai, live_server, smol_tokenizer):
+def test_token_prompts_equal_their_text(oai, oa_server, smol_tokenizer):
     text = "The three primary colours are"
     ids = smol_tokenizer(text)["input_ids"]
     by_text = oai.completions.create(model="smollm2", prompt=text, max_tokens=8)
@@ -171,7 +171,7 @@ def test_token_prompts_equal_their_text(oai, live_server, smol_tokenizer):
     two = oai.completions.create(model="smollm2", prompt=[ids, ids], max_tokens=8)
     assert [c.text for c in two.choices] == [by_text.choices[0].text] * 2
     r = requests.post(
-        live_server.url + "/v1/completions",
+        oa_server.url + "/v1/completions",
         json={"model": "smollm2", "prompt": [ids, [1, 2, 10**7]]},
         timeout=60,
     )

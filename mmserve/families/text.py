@@ -111,8 +111,16 @@ class TextHandler(FamilyHandler):
         """The prompt string and whether the tokenizer should add its special tokens."""
         if req.raw_prompt or not getattr(tokenizer, "chat_template", None):
             return "".join(m.text() for m in req.messages), True
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+        messages = []
+        for m in req.messages:
+            messages.append({"role": m.role, "content": m.text()})
+            if m.reasoning and "reasoning_content" in template:
+                messages[-1]["reasoning_content"] = m.reasoning
+        switches = {k: v for k, v in req.template_kwargs.items() if k in template}
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **switches
+        )
         # The template already holds BOS when the model wants one: do not add a second.
         return text, False
 
