@@ -32,7 +32,7 @@ def oai(oa_server):
 
 def test_anthropic_text(claude):
     msg = claude.messages.create(
-        model="smollm2", max_tokens=24, system="You answer briefly.",
+        model="smollm2", max_tokens=24, system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
         messages=[{"role": "user", "content": QUESTION}],
     )  # fmt: skip
     assert msg.type == "message" and msg.role == "assistant"
@@ -115,7 +115,7 @@ def test_anthropic_key_in_x_api_key(tmp_path, smollm2_models_dir):
 
 
 def test_responses_text(oai):
-    r = oai.responses.create(model="smollm2", input=QUESTION, instructions="Answer briefly.",
+    r = oai.responses.create(model="smollm2", input=QUESTION, instructions="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
                              max_output_tokens=24)  # fmt: skip
     assert r.object == "response" and r.status in ("completed", "incomplete")
     assert "Paris" in r.output_text
