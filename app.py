@@ -12,7 +12,7 @@ from flask import Flask
 from mmserve import http
 from mmserve.logs import setup_logging
 from mmserve.metrics import bp as metrics_bp
-from mmserve.routes import admin, anthropic, native, openai, responses
+from mmserve.routes import admin, anthropic, docs, native, openai, responses
 from mmserve.runtime import build_runtime
 from mmserve.settings import Settings
 
@@ -76,6 +76,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(anthropic.bp)
     app.register_blueprint(responses.bp)
     app.register_blueprint(metrics_bp)
+    docs.install(app)
 
     stop = threading.Event()
     runtime.tmp.sweep()

@@ -47,8 +47,8 @@ def _presented_key() -> str:
 def _check_keys(settings) -> None:
     """API key on every route but /health; the admin key (if set) on /admin/*."""
     path = request.path
-    if path == "/health":
-        return
+    if path in ("/health", "/openapi.json") or path == "/docs" or path.startswith("/docs/"):
+        return  # liveness and the API description need no key (the docs page cannot send one)
     if path.startswith("/admin/") and settings.admin_key:
         wanted = settings.admin_key
     elif settings.api_key:

@@ -20,17 +20,24 @@ REPLACEMENT = "\ufffd"  # what a decoder writes for bytes that are not (yet) a w
 
 class Delta(str):
     """A piece of one row's text (a str, so text-only readers need nothing else), with the
-    row's `index` among the request's n choices and the `logprobs` of the tokens whose
+    row's index among the request's n choices (`choice`) and the `logprobs` of the tokens whose
     text it completes (None when the request did not ask for them)."""
 
-    index: int = 0
+    choice: int = 0
     logprobs: list | None = None
 
     @classmethod
-    def of(cls, text: str, index: int, logprobs: list | None) -> Delta:
+    def of(cls, text: str, choice: int, logprobs: list | None) -> Delta:
         out = cls(text)
-        out.index, out.logprobs = index, logprobs
+        out.choice, out.logprobs = choice, logprobs
         return out
+
+
+def choice_of(piece: str) -> tuple[int, list | None]:
+    """(choice index, logprobs) of a text piece; a plain str is choice 0 without logprobs."""
+    if isinstance(piece, Delta):
+        return piece.choice, piece.logprobs
+    return 0, None
 
 
 class _End:

@@ -107,3 +107,7 @@ class GenerationResult:
     choices: list[Choice] = field(default_factory=list)  # all n; `text` etc. are choice 0's
     prompt_text: str | None = None  # the prompt as text (echo)
     prompt_logprobs: list[TokenLogprob] | None = None  # with `prompt_logprobs`
+
+    def __post_init__(self):
+        if not self.choices:  # a single answer
+            self.choices = [Choice(0, self.text, self.completion_tokens, self.finish_reason)]

@@ -112,9 +112,9 @@ def test_max_tokens_is_honoured(client):
     assert r.usage.completion_tokens == 2
 
 
-def test_n_above_one_is_refused(client):
+def test_n_above_max_n_is_refused(client):
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="tiny_text", messages=ask("hi"), n=2)
+        client.chat.completions.create(model="tiny_text", messages=ask("hi"), n=9)
     assert error_of(info)["param"] == "n"
 
 

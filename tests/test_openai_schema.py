@@ -19,7 +19,7 @@ from mmserve.reasoning import CONTENT, REASONING, ReasoningSplitter, split_reaso
 from mmserve.routes import openai as routes
 from mmserve.schemas import openai as schema
 from mmserve.settings import Settings
-from mmserve.types import GenerationResult
+from mmserve.types import GenerationResult, SamplingParams
 from tests.factories.media import make_audio, make_image, make_video
 
 
@@ -133,6 +133,9 @@ def test_trivial_values_of_unsupported_fields_are_accepted(settings, tmp_path):
     assert chat(body, settings, tmp_path).request.messages
 
 
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
 @pytest.mark.parametrize(
     "body, param",
     [
@@ -140,12 +143,17 @@ def test_trivial_values_of_unsupported_fields_are_accepted(settings, tmp_path):
         ({"messages": None}, "messages"),
         ({"messages": []}, "messages"),
         ({"messages": ["hi"]}, "messages[0]"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+        (
+            {"messages": [{"role": "tool", "content": "x", "tool_call_id": "call_1"}]},
+            "messages[0].tool_call_id",
+        ),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         (
             {"messages": [{"role": "assistant", "content": "x", "tool_calls": [{"id": 1}]}]},
-            "messages[0].tool_calls",
+            "messages[0].tool_calls[0].id",
         ),
         (user({"type": "file", "file": {}}), "messages[0].content[0].type"),
         (user({"type": "text"}), "messages[0].content[0].text"),
@@ -181,22 +189,57 @@ def test_trivial_values_of_unsupported_fields_are_accepted(settings, tmp_path):
             },
             "messages[0].content[0]",
         ),
-        ({"n": 2}, "n"),
+        ({"n": 9}, "n"),
         ({"n": 0}, "n"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_completion_tokens": 10**9}, "max_completion_tokens"),
         ({"temperature": 3}, "temperature"),
         ({"top_p": "high"}, "top_p"),
-        ({"stop": [1]}, "stop"),
+        ({"stop": [1]}, "stop[0]"),
+        ({"stop": ["a", ""]}, "stop[1]"),
         ({"seed": 1.5}, "seed"),
         ({"stream": "yes"}, "stream"),
         ({"stream_options": True}, "stream_options"),
         ({"stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
         ({"keep_alive": "soon"}, "keep_alive"),
-        ({"tools": [{"type": "function"}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"logprobs": True}, "logprobs"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function"),
+        ({"tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
+        ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools[0].function.name"),
+        ({"tools": [TOOL, TOOL]}, "tools[1].function.name"),
+        (
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+                ]
+            },
+            "tools[0].function.parameters",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}]},
+            "tools[0].function.parameters",
+        ),
+        ({"tools": [TOOL], "tool_choice": "maybe"}, "tool_choice"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            "tool_choice.function.name",
+        ),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": {"type": "nope"}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"logit_bias": {"x": 1}}, "logit_bias.x"),
+        ({"logit_bias": {"5": 101}}, "logit_bias.5"),
         ({"reasoning_format": "xml"}, "reasoning_format"),
     ],
 )
@@ -341,14 +384,15 @@ def test_completion_prompts_are_raw_requests_with_indexed_fields(settings):
     "body, param",
     [
         ({}, "prompt"),
-        ({"prompt": [1, 2, 3]}, "prompt"),
-        ({"prompt": [[1, 2]]}, "prompt"),
+        ({"prompt": [[1, 2], []]}, "prompt[1]"),
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "a", "logprobs": 6}, "logprobs"),
+        ({"prompt": "a", "echo": True, "stream": True}, "echo"),
         ({"prompt": ["a", ""]}, "prompt[1]"),
         ({"prompt": ["a", "b"], "stream": True}, "prompt"),
         ({"prompt": ["a"] * 33}, "prompt"),
-        ({"prompt": "a", "echo": True}, "echo"),
         ({"prompt": "a", "best_of": 2}, "best_of"),
-        ({"prompt": "a", "n": 3}, "n"),
+        ({"prompt": "a", "n": 9}, "n"),
     ],
 )
 def test_bad_completion_bodies(settings, body, param):
@@ -511,15 +555,13 @@ def _events(lines):
 
 
 def _chat_call(include_usage=True, fmt="reasoning_content"):
-    req = SimpleNamespace(model="m")
+    req = SimpleNamespace(model="m", params=SamplingParams())
     return schema.ChatCall(req, True, include_usage, fmt)
 
 
 def test_chat_stream_chunks_role_deltas_finish_usage_done():
     source = iter(["<think>r</think>", "a", "b", _result(finish="cancelled")])
-    lines = list(
-        routes._chat_events(_chat_call(), source, ReasoningSplitter(), "reasoning_content")
-    )
+    lines = list(routes._chat_events(_chat_call(), source, False, "reasoning_content"))
     assert lines[-1] == routes.DONE
     events = _events(lines)
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -548,7 +590,7 @@ def test_error_after_the_stream_started_is_the_last_event():
 
 
 def test_completion_stream_chunks():
-    call = schema.CompletionCall([SimpleNamespace(model="m")], True, False)
+    call = schema.CompletionCall([SimpleNamespace(model="m", params=SamplingParams())], True, False)
     events = _events(routes._completion_events(call, iter(["x", _result()])))
     assert [e["choices"][0]["text"] for e in events] == ["x", ""]
     assert events[-1]["choices"][0]["finish_reason"] == "length" and "usage" not in events[-1]

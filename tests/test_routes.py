@@ -64,7 +64,7 @@ def test_stream_ndjson_matches_the_whole_answer(client):
         ({"prompt": "x", "top_p": 2}, "top_p"),
         ({"prompt": "x", "stream": "yes"}, "stream"),
         ({"prompt": "x", "keep_alive": "soon"}, "keep_alive"),
-        ({"prompt": "x", "stop": [1]}, "stop"),
+        ({"prompt": "x", "stop": [1]}, "stop[0]"),
         ({"prompt": "x", "images": "notalist"}, "images"),
     ],
 )

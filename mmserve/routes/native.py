@@ -11,8 +11,9 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from ..errors import to_server_error
 from ..runtime import get_runtime
 from ..schemas.fields import read_json
-from ..schemas.native import parse_embed, parse_generate
+from ..schemas.native import EmbedRequest, GenerateRequest, parse_embed, parse_generate
 from ..waiting import first_ready, start_with_status
+from .docs import documented
 
 bp = Blueprint("native", __name__)
 log = logging.getLogger("mmserve.native")
@@ -40,6 +41,7 @@ def result_fields(result) -> dict:
 
 
 @bp.post("/generate/<model>")
+@documented(GenerateRequest, tags=["native"])
 def generate(model: str):
     """Generate text (or stream it as NDJSON) with any table model."""
     rt = get_runtime()
@@ -93,6 +95,7 @@ def generate(model: str):
 
 
 @bp.post("/embed/<model>")
+@documented(EmbedRequest, tags=["native"])
 def embed(model: str):
     """Unit vectors of texts from an embedding-family model; `truncate` cuts over-long inputs."""
     rt = get_runtime()

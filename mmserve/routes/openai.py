@@ -10,10 +10,18 @@ from flask import Blueprint, Response, g, jsonify, request
 from ..errors import BadRequest, ServerError, to_server_error
 from ..logprobs import chat_content, legacy
 from ..reasoning import REASONING, ReasoningSplitter
+from ..rows import choice_of
 from ..runtime import get_runtime
 from ..schemas import openai as schema
+from ..schemas import openai_objects as objects
 from ..schemas.fields import read_json
+from ..schemas.openai_requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
 from ..waiting import first_ready, start_with_status
+from .docs import documented
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 DONE = "data: [DONE]\n\n"
@@ -25,9 +33,19 @@ def json_body():
     return read_json(request, param=None)
 
 
-def sse(obj: dict) -> str:
-    """One server-sent event holding a JSON object."""
+def sse(obj) -> str:
+    """One server-sent event holding a JSON object (a dict or a typed response model)."""
+    if not isinstance(obj, dict):
+        obj = obj.model_dump(mode="json")
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def chunk_event(obj, include_usage: bool) -> str:
+    """A stream chunk; with include_usage every chunk carries `usage` (null until the last)."""
+    body = obj.model_dump(mode="json")
+    if include_usage:
+        body.setdefault("usage", None)
+    return sse(body)
 
 
 class EventStream:
@@ -135,6 +153,7 @@ def _failed(exc: Exception) -> str:
 
 
 @bp.get("/models")
+@documented(resp=objects.ModelList, tags=["openai"], errors=(400,))
 def list_models():
     """Every table entry, with its availability and live state; `?available=true` lists only
     those that can answer now or after a fetch (availability not `missing`)."""
@@ -145,10 +164,11 @@ def list_models():
     data = [_model_entry(rt, spec) for spec in rt.table.values()]
     if only in ("true", "1"):
         data = [m for m in data if m["availability"] != "missing"]
-    return jsonify({"object": "list", "data": data})
+    return jsonify(objects.ModelList(data=data).model_dump(mode="json"))
 
 
 @bp.get("/models/<path:model_id>")
+@documented(resp=objects.ModelObject, tags=["openai"], errors=(404,))
 def retrieve_model(model_id: str):
     """One table entry (404 model_not_found for a name not in the table)."""
     rt = get_runtime()
@@ -175,6 +195,7 @@ def _model_entry(rt, spec) -> dict:
 
 
 @bp.post("/chat/completions")
+@documented(ChatCompletionRequest, objects.ChatCompletion, ["openai"])
 def chat_completions():
     """Chat with any generating model; R1-style reasoning split out of the content."""
     rt = get_runtime()
@@ -197,15 +218,16 @@ def chat_completions():
 def _chat_events(call, events, opened, key):
     """chat.completion.chunk events: per choice (n, interleaved by `index`) its role, deltas
     (reasoning under `key`) with their logprobs, finish; then usage and DONE."""
-    rid, model = schema.new_id("chatcmpl"), call.request.model
-    extra = {"usage": None} if call.include_usage else {}
+    rid, model, created = objects.new_id("chatcmpl"), call.request.model, objects.now()
     n, logprobs = call.request.params.n, call.request.params.logprobs is not None
     splitters = [ReasoningSplitter(opened) if key else None for _ in range(n)]
 
     def chunk(index: int, delta: dict, finish=None, entries=None) -> str:
         lp = chat_content(entries) if logprobs and entries is not None else None
-        choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
-        return sse(schema.envelope("chat.completion.chunk", rid, model, [choice], **extra))
+        choice = objects.ChunkChoice(index=index, delta=objects.ChatDelta(**delta), logprobs=lp,
+                                     finish_reason=finish)  # fmt: skip
+        body = objects.ChatCompletionChunk(id=rid, created=created, model=model, choices=[choice])
+        return chunk_event(body, call.include_usage)
 
     def deltas(index, pieces, entries):
         for kind, text in pieces:
@@ -220,7 +242,7 @@ def _chat_events(call, events, opened, key):
             if not isinstance(item, str):
                 result = item
                 continue
-            i, entries = getattr(item, "index", 0), getattr(item, "logprobs", None)
+            i, entries = choice_of(item)
             splitter = splitters[i]
             if splitter is None:
                 yield chunk(i, {"content": str(item)}, None, entries)
@@ -233,16 +255,20 @@ def _chat_events(call, events, opened, key):
             if splitter is not None:
                 yield from deltas(i, splitter.flush(), None)
         for c in result.choices:
-            yield chunk(c.index, {}, schema.finish_reason(c))
+            yield chunk(c.index, {}, objects.finish_reason(result if c.index == 0 else c))
         if call.include_usage:
-            usage = schema.usage(result.prompt_tokens, result.completion_tokens)
-            yield sse(schema.envelope("chat.completion.chunk", rid, model, [], usage=usage))
+            usage = objects.usage(result.prompt_tokens, result.completion_tokens)
+            last = objects.ChatCompletionChunk(
+                id=rid, created=created, model=model, choices=[], usage=usage
+            )
+            yield sse(last)
     except Exception as exc:  # noqa: BLE001 - reported in-band: headers are already sent
         yield _failed(exc)
     yield DONE
 
 
 @bp.post("/completions")
+@documented(CompletionRequest, objects.Completion, ["openai"])
 def completions():
     """Raw-prompt completions; several prompts give several choices."""
     rt = get_runtime()
@@ -262,43 +288,50 @@ def completions():
     n = call.requests[0].params.n
     choices = []
     for i, r in enumerate(results):  # choice index: prompt i, row j -> i * n + j (OpenAI's)
-        choices += schema.text_choices(r, call.echo, i * n)
-    usage = schema.usage(sum(r.prompt_tokens for r in results), g.tokens)
-    rid = schema.new_id("cmpl")
-    return jsonify(schema.envelope("text_completion", rid, g.model, choices, usage=usage))
+        choices += objects.text_choices(r, call.echo, i * n)
+    usage = objects.usage(sum(r.prompt_tokens for r in results), g.tokens)
+    body = objects.Completion(
+        id=objects.new_id("cmpl"), created=objects.now(), model=g.model, choices=choices,
+        usage=usage,
+    )  # fmt: skip
+    return jsonify(body.model_dump(mode="json"))
 
 
 def _completion_events(call, events):
     """text_completion events: text deltas (n choices interleaved by `index`) with their
     legacy logprobs, finishes, optional usage, DONE."""
-    rid, model = schema.new_id("cmpl"), call.requests[0].model
-    extra = {"usage": None} if call.include_usage else {}
+    rid, model, created = objects.new_id("cmpl"), call.requests[0].model, objects.now()
     offsets = [0] * call.requests[0].params.n
 
-    def chunk(index: int, text: str, finish=None, entries=None) -> str:
-        lp = legacy(entries, offsets[index]) if entries is not None else None
-        offsets[index] += len(text)
-        choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
-        return sse(schema.envelope("text_completion", rid, model, [choice], **extra))
+    def chunk(index=0, text="", finish=None, entries=None, choices=None, usage=None):
+        if choices is None:
+            lp = legacy(entries, offsets[index]) if entries is not None else None
+            offsets[index] += len(text)
+            choices = [objects.CompletionChoice(index=index, text=text, logprobs=lp,
+                                                finish_reason=finish)]  # fmt: skip
+        return objects.Completion(id=rid, created=created, model=model, choices=choices,
+                                  usage=usage)  # fmt: skip
 
     try:
         result = None
         for item in events:
             if isinstance(item, str):
-                yield chunk(getattr(item, "index", 0), str(item), None, item.logprobs)
+                i, entries = choice_of(item)
+                yield chunk_event(chunk(i, str(item), None, entries), call.include_usage)
             else:
                 result = item
         for c in result.choices:
-            yield chunk(c.index, "", schema.finish_reason(c))
+            yield chunk_event(chunk(c.index, "", objects.finish_reason(c)), call.include_usage)
         if call.include_usage:
-            usage = schema.usage(result.prompt_tokens, result.completion_tokens)
-            yield sse(schema.envelope("text_completion", rid, model, [], usage=usage))
+            usage = objects.usage(result.prompt_tokens, result.completion_tokens)
+            yield sse(chunk(choices=[], usage=usage))
     except Exception as exc:  # noqa: BLE001 - reported in-band: headers are already sent
         yield _failed(exc)
     yield DONE
 
 
 @bp.post("/embeddings")
+@documented(EmbeddingRequest, objects.EmbeddingList, ["openai"])
 def embeddings():
     """Unit vectors from an embedding-family model, as floats or base64 float32."""
     rt = get_runtime()
@@ -316,8 +349,9 @@ def embeddings():
     data = schema.embedding_data(
         vectors, call.encoding_format, out.truncated if call.truncate else None
     )
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return jsonify({"object": "list", "data": data, "model": call.model, "usage": usage})
+    usage = objects.EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    body = objects.EmbeddingList(data=data, model=call.model, usage=usage)
+    return jsonify(body.model_dump(mode="json"))
 
 
 @bp.post("/audio/transcriptions")

@@ -5,22 +5,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from ..errors import BadRequest
 from ..media import MediaLimits, decode_base64, load_audio, load_image, load_video
 from ..types import GenerationRequest, Message, Part, SamplingParams
-from .fields import (
-    get_bool,
-    get_float,
-    get_inputs,
-    get_int,
-    get_keep_alive,
-    get_stop,
-    get_str,
-    require_object,
-)
+from .fields import get_inputs, get_keep_alive
+from .typed import Strict, validate
 
 MAX_EMBED_INPUTS = 2048  # texts in one embedding request
+
+
+class GenerateRequest(Strict):
+    """POST /generate/<model> (Ollama's /api/generate fields where they exist)."""
+
+    prompt: Annotated[str, Field(min_length=1)]
+    system: str | None = None
+    image: str | None = Field(None, description="One base64 image")
+    images: list[str] | None = Field(None, description="Base64 images")
+    audio: str | None = Field(None, description="Base64 audio (wav, mp3, flac, ogg)")
+    video: str | None = Field(None, description="Base64 video")
+    stream: bool = False
+    raw: bool = Field(False, description="Feed the prompt as is, without the chat template")
+    return_audio: bool = Field(False, description="omni: also answer speech (base64 WAV)")
+    max_new_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=100000)] | None = None
+    repetition_penalty: Annotated[float, Field(ge=0.01, le=10.0)] | None = None
+    stop: str | list[str] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    keep_alive: str | int | float | None = None
+
+
+class EmbedRequest(Strict):
+    """POST /embed/<model> (Ollama's /api/embed fields)."""
+
+    input: str | list[str] | list[int] | None = None
+    truncate: bool = False
+    keep_alive: str | int | float | None = None
 
 
 @dataclass
@@ -35,13 +60,13 @@ class EmbedCall:
 
 def parse_embed(body) -> EmbedCall:
     """`input` (a string or a list), `truncate` (default false) and `keep_alive`."""
-    body = require_object(body)
-    texts = get_inputs(body, MAX_EMBED_INPUTS)
+    req = validate(EmbedRequest, body)
+    texts = get_inputs({"input": req.input}, MAX_EMBED_INPUTS)
     return EmbedCall(
         texts=[t for _, t in texts],
         fields=[f for f, _ in texts],
-        truncate=get_bool(body, "truncate"),
-        keep_alive=get_keep_alive(body),
+        truncate=req.truncate,
+        keep_alive=get_keep_alive({"keep_alive": req.keep_alive}),
     )
 
 
@@ -69,35 +94,35 @@ def decode_media(kind: str, data: str, field: str, limits: MediaLimits, tmp_dir:
     return Part("video", data=load_video(raw, field, limits, tmp_dir), field=field)
 
 
-def sampling_from(body: dict, settings) -> SamplingParams:
-    """Sampling parameters of a native body, bounded by the settings."""
+def sampling_from(req: GenerateRequest, settings) -> SamplingParams:
+    """Sampling parameters of a validated native body, bounded by the settings."""
+    from .openai import stop_list
+
     limit = settings.max_new_tokens_limit
+    if req.max_new_tokens is not None and req.max_new_tokens > limit:
+        raise BadRequest(f"'max_new_tokens' must be at most {limit}", param="max_new_tokens")
     return SamplingParams(
-        max_new_tokens=get_int(body, "max_new_tokens", lo=1, hi=limit),
-        temperature=get_float(body, "temperature", lo=0.0, hi=2.0),
-        top_p=get_float(body, "top_p", lo=0.0, hi=1.0),
-        top_k=get_int(body, "top_k", lo=0, hi=100000),
-        repetition_penalty=get_float(body, "repetition_penalty", lo=0.01, hi=10.0),
-        stop=get_stop(body, settings.max_stop),
-        seed=get_int(body, "seed", lo=0, hi=2**63 - 1),
+        max_new_tokens=req.max_new_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        repetition_penalty=req.repetition_penalty,
+        stop=stop_list(req.stop, settings.max_stop),
+        seed=req.seed,
     )
 
 
 def parse_generate(model: str, body, settings, tmp_dir: Path) -> tuple[GenerationRequest, bool]:
     """The request and whether it streams. Media is decoded and checked against the limits."""
-    body = require_object(body)
+    req = validate(GenerateRequest, body)
     limits = media_limits(settings)
-    prompt = get_str(body, "prompt", required=True, allow_empty=False)
-    system = get_str(body, "system")
-    stream = get_bool(body, "stream")
+    if not req.prompt.strip():
+        raise BadRequest("'prompt' must not be empty", param="prompt")
     parts: list[Part] = []
     images = []
-    if body.get("image") is not None:
-        images.append(("image", body["image"]))
-    if body.get("images") is not None:
-        if not isinstance(body["images"], list):
-            raise BadRequest("'images' must be a list of base64 strings", param="images")
-        images += [(f"images[{i}]", item) for i, item in enumerate(body["images"])]
+    if req.image is not None:
+        images.append(("image", req.image))
+    images += [(f"images[{i}]", item) for i, item in enumerate(req.images or [])]
     if len(images) > limits.max_images:
         raise BadRequest(
             f"too many images: {len(images)} > max_images={limits.max_images}",
@@ -107,19 +132,19 @@ def parse_generate(model: str, body, settings, tmp_dir: Path) -> tuple[Generatio
     for field, item in images:
         parts.append(decode_media("image", item, field, limits, tmp_dir))
     for kind in ("audio", "video"):
-        if body.get(kind) is not None:
-            parts.append(decode_media(kind, body[kind], kind, limits, tmp_dir))
-    parts.append(Part("text", text=prompt, field="prompt"))
+        if getattr(req, kind) is not None:
+            parts.append(decode_media(kind, getattr(req, kind), kind, limits, tmp_dir))
+    parts.append(Part("text", text=req.prompt, field="prompt"))
     messages = []
-    if system:
-        messages.append(Message("system", [Part("text", text=system, field="system")]))
+    if req.system:
+        messages.append(Message("system", [Part("text", text=req.system, field="system")]))
     messages.append(Message("user", parts))
-    req = GenerationRequest(
+    out = GenerationRequest(
         model=model,
         messages=messages,
-        params=sampling_from(body, settings),
-        keep_alive=get_keep_alive(body),
-        raw_prompt=get_bool(body, "raw"),
-        return_audio=get_bool(body, "return_audio"),
+        params=sampling_from(req, settings),
+        keep_alive=get_keep_alive({"keep_alive": req.keep_alive}),
+        raw_prompt=req.raw,
+        return_audio=req.return_audio,
     )
-    return req, stream
+    return out, req.stream
