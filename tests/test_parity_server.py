@@ -172,10 +172,11 @@ def test_token_prompts_equal_their_text(oai, oa_server, smol_tokenizer):
     assert [c.text for c in two.choices] == [by_text.choices[0].text] * 2
     r = requests.post(
         oa_server.url + "/v1/completions",
-        json={"model": "smollm2", "prompt": [ids, [1, 2, 10**7]]},
+        json={"model": "smollm2", "prompt": [ids, [1, 2, 10**7]], "max_tokens": 200},
         timeout=60,
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt[1][2]"
+    assert r.elapsed.total_seconds() < 5  # refused before the first prompt generated
 
 
 @pytest.fixture(scope="module")

@@ -278,12 +278,7 @@ def completions():
         req = call.requests[0]
         events, source, prefix = open_stream(rt, req, req.messages[0].parts[0].field)
         return _streamed(_completion_events(call, events), source, prefix)
-    results = []
-    for req in call.requests:
-        try:
-            results.append(rt.service.generate(req))
-        except ServerError as exc:
-            raise _on_prompt(exc, req.messages[0].parts[0].field) from None
+    results = _generate_all(rt.service, call.requests)
     g.tokens = sum(r.completion_tokens for r in results)
     n = call.requests[0].params.n
     choices = []
@@ -295,6 +290,31 @@ def completions():
         usage=usage,
     )  # fmt: skip
     return jsonify(body.model_dump(mode="json"))
+
+
+def _generate_all(service, requests) -> list:
+    """Every prompt's result. All are started (checked, prepared, queued) before any is
+    read, so a bad prompt is a 400 before anything generates and the prompts share a batch."""
+    streams = []
+    try:
+        for req in requests:
+            try:
+                streams.append(service.stream(req))
+            except ServerError as exc:
+                raise _on_prompt(exc, req.messages[0].parts[0].field) from None
+        results = []
+        for req, stream in zip(requests, streams, strict=True):
+            result = None
+            try:
+                for item in stream:
+                    result = item
+            except ServerError as exc:
+                raise _on_prompt(exc, req.messages[0].parts[0].field) from None
+            results.append(result)
+        return results
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def _completion_events(call, events):
