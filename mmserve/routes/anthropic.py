@@ -11,6 +11,7 @@ from ..errors import to_server_error
 from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import anthropic as schema
+from .docs import documented
 from .openai import _streamed, json_body, open_stream
 
 bp = Blueprint("anthropic", __name__, url_prefix="/v1")
@@ -22,6 +23,7 @@ def event(name: str, data: dict) -> str:
 
 
 @bp.post("/messages")
+@documented(schema.MessagesRequest, tags=["anthropic"], errors=())
 def messages():
     """Anthropic's Messages API on any generating model; `<think>` becomes thinking blocks."""
     rt = get_runtime()

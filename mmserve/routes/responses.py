@@ -11,12 +11,14 @@ from ..errors import to_server_error
 from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import responses as schema
+from .docs import documented
 from .openai import _streamed, json_body, open_stream
 
 bp = Blueprint("responses", __name__, url_prefix="/v1")
 
 
 @bp.post("/responses")
+@documented(schema.ResponsesRequest, tags=["responses"])
 def create_response():
     """One model turn: output items (reasoning from `<think>`, the message); nothing stored."""
     rt = get_runtime()

@@ -8,15 +8,106 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Discriminator, Field, Tag
 
 from ..errors import BadRequest
 from ..reasoning import EFFORTS, effort_switch, split_reasoning
 from ..types import GenerationRequest, Message, Part, SamplingParams
-from .fields import get_bool, get_float, get_int, get_keep_alive, get_str, require_object
+from .fields import get_keep_alive
 from .openai import MediaReader
+from .typed import Strict, tagged, validate
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+# --------------------------------------------------------------------------- request models
+
+
+class InputText(Strict):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class InputImage(Strict):
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: str | None = None
+
+
+class InputAudioData(Strict):
+    data: str
+    format: str | None = None
+
+
+class InputAudio(Strict):
+    type: Literal["input_audio"]
+    input_audio: InputAudioData
+
+
+ContentPart = tagged(
+    "type",
+    {"input_text": InputText, "output_text": InputText, "text": InputText,
+     "input_image": InputImage, "input_audio": InputAudio},
+)  # fmt: skip
+
+
+class MessageItem(Strict):
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | Annotated[list[ContentPart], Field(min_length=1)]
+
+
+class ReasoningItem(Strict):
+    """An earlier answer's reasoning: accepted, not re-sent to the model."""
+
+    type: Literal["reasoning"]
+
+
+def _item_kind(value):
+    raw = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
+    return f"type={raw}" if raw in ("message", "reasoning") else None
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("type=message")] | Annotated[ReasoningItem, Tag("type=reasoning")],
+    Discriminator(_item_kind, custom_error_type="unknown_tag:type",
+                  custom_error_message="'type' must be message or reasoning"),
+]  # fmt: skip
+
+
+class TextFormat(Strict):
+    type: Literal["text"]
+
+
+class TextConfig(Strict):
+    format: TextFormat | None = None
+
+
+class ReasoningConfig(Strict):
+    effort: Literal[EFFORTS] | None = None
+    summary: str | None = None
+
+
+class ResponsesRequest(Strict):
+    """POST /v1/responses, stateless."""
+
+    model: Annotated[str, Field(min_length=1)]
+    input: str | list[InputItem]
+    instructions: str | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    stream: bool = False
+    store: bool | None = None
+    previous_response_id: str | None = None
+    reasoning: ReasoningConfig | None = None
+    text: TextConfig | None = None
+    tools: list[dict] | None = None
+    metadata: dict | None = None
+    keep_alive: str | int | float | None = None
 
 
 @dataclass
@@ -33,118 +124,78 @@ def new_id(prefix: str) -> str:
 
 
 def _part(item, path: str, role: str, media: MediaReader) -> Part:
-    if not isinstance(item, dict):
-        raise BadRequest(f"'{path}' must be an object", param=path)
-    kind = item.get("type")
-    if kind in _TEXT_PARTS:
-        return Part("text", get_str(item, "text", required=True, param=f"{path}.text"), field=path)
+    if isinstance(item, InputText):
+        return Part("text", item.text, field=path)
     if role != "user":
         raise BadRequest(f"'{path}': only user messages may hold media", param=path)
-    if kind == "input_image":
-        url = item.get("image_url")
-        if url is None and item.get("file_id"):
-            raise BadRequest(
-                f"'{path}.file_id': files are not stored here", param=f"{path}.file_id"
-            )
-        return media.part("image", url, path)
-    if kind == "input_audio":
-        audio = item.get("input_audio")
-        data = audio.get("data") if isinstance(audio, dict) else None
-        return media.part("audio", data, path)
-    raise BadRequest(
-        f"'{path}.type' {kind!r} is not supported (input_text, input_image, input_audio)",
-        param=f"{path}.type",
-    )
+    if isinstance(item, InputImage):
+        if item.image_url is None:
+            raise BadRequest(f"'{path}.image_url' is required (files are not stored here)",
+                             param=f"{path}.image_url")  # fmt: skip
+        return media.part("image", item.image_url, path)
+    return media.part("audio", item.input_audio.data, path)
 
 
-def _item(raw, path: str, media: MediaReader) -> Message | None:
-    """One input item: a message (with or without `type: message`); reasoning items are
-    accepted and not re-sent to the model."""
-    if not isinstance(raw, dict):
-        raise BadRequest(f"'{path}' must be an object", param=path)
-    kind = raw.get("type", "message")
-    if kind == "reasoning":
-        return None
-    if kind != "message":
-        raise BadRequest(f"'{path}.type' {kind!r} is not supported here", param=f"{path}.type")
-    role = raw.get("role")
-    if role not in _ROLES:
-        raise BadRequest(f"'{path}.role' must be user, assistant, system or developer",
-                         param=f"{path}.role")  # fmt: skip
-    content = raw.get("content")
-    if isinstance(content, str):
-        return Message(_ROLES[role], [Part("text", content, field=f"{path}.content")])
-    if not isinstance(content, list) or not content:
-        raise BadRequest(f"'{path}.content' must be a string or a non-empty list",
-                         param=f"{path}.content")  # fmt: skip
-    parts = [_part(p, f"{path}.content[{j}]", role, media) for j, p in enumerate(content)]
-    return Message(_ROLES[role], parts)
+def _message(item: MessageItem, path: str, media: MediaReader) -> Message:
+    role = _ROLES[item.role]
+    if isinstance(item.content, str):
+        return Message(role, [Part("text", item.content, field=f"{path}.content")])
+    parts = [_part(p, f"{path}.content[{j}]", item.role, media)
+             for j, p in enumerate(item.content)]  # fmt: skip
+    return Message(role, parts)
 
 
 def parse_responses(body, settings, tmp_dir: Path, lookup=None) -> ResponsesCall:
     """POST /v1/responses. Nothing is stored: `previous_response_id` or `store: true` is a
     400; `reasoning.effort` switches a template's thinking (`mmserve.reasoning`)."""
-    body = require_object(body)
-    if body.get("previous_response_id") is not None:
+    req = validate(ResponsesRequest, body)
+    if req.previous_response_id is not None:
         raise BadRequest("responses are not stored on this server: send the whole conversation "
                          "in 'input'", param="previous_response_id")  # fmt: skip
-    if get_bool(body, "store"):
+    if req.store:
         raise BadRequest("responses are not stored on this server: 'store' must be false",
                          param="store")  # fmt: skip
-    model = get_str(body, "model", required=True, allow_empty=False)
+    if not req.input:
+        raise BadRequest("'input' must be a non-empty string or list of items", param="input")
     if lookup is not None:
-        lookup(model)
-    if body.get("tools"):
+        lookup(req.model)
+    if req.tools:
         raise BadRequest("'tools' is not supported by this server yet", param="tools",
                          code="unsupported_parameter")  # fmt: skip
-    text = body.get("text")
-    if text is not None and (not isinstance(text, dict) or (text.get("format") or {}).get(
-            "type", "text") != "text"):  # fmt: skip
-        raise BadRequest("'text.format' other than text is not supported by this server yet",
-                         param="text.format", code="unsupported_parameter")  # fmt: skip
     limit = settings.max_new_tokens_limit
+    if req.max_output_tokens is not None and req.max_output_tokens > limit:
+        raise BadRequest(f"'max_output_tokens' must be at most {limit}", param="max_output_tokens")
     params = SamplingParams(
-        max_new_tokens=get_int(body, "max_output_tokens", lo=1, hi=limit),
-        temperature=get_float(body, "temperature", lo=0.0, hi=2.0),
-        top_p=get_float(body, "top_p", lo=0.0, hi=1.0),
+        max_new_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p
     )
     media = MediaReader(settings, tmp_dir)
     messages = []
-    instructions = get_str(body, "instructions")
-    if instructions:
-        messages.append(Message("system", [Part("text", instructions, field="instructions")]))
-    raw = body.get("input")
-    if isinstance(raw, str) and raw:
-        messages.append(Message("user", [Part("text", raw, field="input")]))
-    elif isinstance(raw, list) and raw:
-        for i, item in enumerate(raw):
-            msg = _item(item, f"input[{i}]", media)
-            if msg is not None:
-                messages.append(msg)
+    if req.instructions:
+        messages.append(Message("system", [Part("text", req.instructions, field="instructions")]))
+    if isinstance(req.input, str):
+        messages.append(Message("user", [Part("text", req.input, field="input")]))
     else:
-        raise BadRequest("'input' must be a non-empty string or list of items", param="input")
-    reasoning = body.get("reasoning") or {}
-    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
-    if effort is not None and effort not in EFFORTS:
-        raise BadRequest(f"'reasoning.effort' must be one of {', '.join(EFFORTS)}",
-                         param="reasoning.effort")  # fmt: skip
+        for i, item in enumerate(req.input):
+            if isinstance(item, MessageItem):
+                messages.append(_message(item, f"input[{i}]", media))
+    effort = req.reasoning.effort if req.reasoning else None
     request = GenerationRequest(
-        model=model,
+        model=req.model,
         messages=messages,
         params=params,
-        keep_alive=get_keep_alive(body),
+        keep_alive=get_keep_alive({"keep_alive": req.keep_alive}),
         endpoint="responses",
         template_kwargs=effort_switch(effort),
     )
     echo = {
-        "instructions": instructions,
-        "max_output_tokens": params.max_new_tokens,
-        "temperature": params.temperature if params.temperature is not None else 1.0,
-        "top_p": params.top_p if params.top_p is not None else 1.0,
-        "metadata": body.get("metadata") or {},
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "temperature": req.temperature if req.temperature is not None else 1.0,
+        "top_p": req.top_p if req.top_p is not None else 1.0,
+        "metadata": req.metadata or {},
         "reasoning": {"effort": effort, "summary": None},
     }
-    return ResponsesCall(request, get_bool(body, "stream"), echo)
+    return ResponsesCall(request, req.stream, echo)
 
 
 def reasoning_item(rid: str, text: str) -> dict:
