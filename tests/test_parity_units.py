@@ -158,3 +158,24 @@ def test_responses_translation_and_items(tmp_path):
     items = responses.output_items("<think>r</think>A", False)
     assert [i["type"] for i in items] == ["reasoning", "message"]
     assert items[1]["content"][0]["text"] == "A"
+
+
+def test_serial_engine_families_give_logprobs_and_n(make_app):
+    """A model on the one-at-a-time engine (vision-language) reports the same shapes; prompt
+    scoring (echo with logprobs) needs the batching engine and is a 400 naming echo."""
+    from tests.conftest import tiny_entry
+
+    client = make_app([tiny_entry("tiny_vl")]).test_client()
+    body = {"model": "tiny_vl", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3, "logprobs": True, "top_logprobs": 2, "n": 2, "seed": 1,
+            "temperature": 1.0}  # fmt: skip
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.get_json()
+    choices = r.get_json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    for c in choices:
+        content = c["logprobs"]["content"]
+        assert content and all(len(t["top_logprobs"]) == 2 for t in content)
+    r = client.post("/v1/completions", json={"model": "tiny_vl", "prompt": "hi", "echo": True,
+                                             "logprobs": 1, "max_tokens": 1})  # fmt: skip
+    assert r.status_code == 400 and r.get_json()["error"]["param"] == "echo"
