@@ -24,3 +24,14 @@ def eos_ids(lm) -> set[int]:
     if ids is None:
         return set()
     return set(ids if isinstance(ids, (list, tuple)) else [ids])
+
+
+def logits_size(lm) -> int:
+    """Columns of the model's logits (its vocabulary, often padded past the tokenizer's)."""
+    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    config = lm.model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return int(getattr(text, "vocab_size", None) or len(lm.tokenizer))

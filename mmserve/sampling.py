@@ -5,7 +5,10 @@ OS), so no request reads or changes the process-wide RNG that other requests use
 seeded request draws the same numbers alone or inside any batch. The processors are a
 plain list per row (transformers' `LogitsProcessor` interface: `(input_ids, scores) ->
 scores`), in this order: `logit_bias`, presence/frequency penalties, repetition penalty,
-temperature, top-k, top-p. Logprobs are read before all of them (`mmserve.logprobs`).
+temperature, top-k, top-p. Logprobs are read before all of them (`mmserve.logprobs`). A
+row's grammar (`RowSampling.constraint`, `mmserve.grammar`) masks its logits before the
+processors and hears the token picked, so rows with different grammars and free rows share
+one batch.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class RowSampling:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None  # capture the chosen token's logprob and this many top ones
     prompt_logprobs: int | None = None  # the same for the prompt's tokens (echo)
+    # mmserve.grammar.Constraint: each Sampler made from this gets a fresh matcher of it.
+    constraint: object | None = None
 
 
 def row_sampling(defaults: dict, params: SamplingParams, limit: int) -> RowSampling:
@@ -131,6 +136,7 @@ class Sampler:
                 self.processors.append(TopKLogitsWarper(sampling.top_k))
             if sampling.top_p is not None and sampling.top_p < 1.0:
                 self.processors.append(TopPLogitsWarper(sampling.top_p))
+        self.grammar = sampling.constraint.matcher() if sampling.constraint is not None else None
         self.generator = torch.Generator(device=torch.device(device))
         if sampling.seed is not None:
             self.generator.manual_seed(int(sampling.seed))
@@ -140,16 +146,22 @@ class Sampler:
     @property
     def plain_greedy(self) -> bool:
         """Argmax of the raw logits: rows like this are picked together, in one op."""
-        return self.greedy and not self.processors
+        return self.greedy and not self.processors and self.grammar is None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> int:
         """The next token for one row: `input_ids` (1, L) so far, `scores` (1, vocab)."""
+        if self.grammar is not None:
+            scores = self.grammar.mask(scores)
         if self.processors:
             scores = self.processors(input_ids, scores)
         if self.greedy:
-            return int(scores[0].argmax())
-        probs = torch.softmax(scores[0].float(), dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+            token = int(scores[0].argmax())
+        else:
+            probs = torch.softmax(scores[0].float(), dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=self.generator))
+        if self.grammar is not None:
+            self.grammar.accept(token)
+        return token
 
 
 class SampleInGenerate(LogitsProcessor):

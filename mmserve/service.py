@@ -14,6 +14,7 @@ from .errors import BadRequest, ModelLoadFailed, OutOfMemory, Unavailable, is_oo
 from .families.rules import check_media, prepare_inputs
 from .limits import check_prompt, prompt_param
 from .sampling import row_sampling
+from .tools import output_spec, parse_calls, tool_format
 from .types import Choice, GenerationRequest, GenerationResult
 
 log = logging.getLogger("mmserve.service")
@@ -111,11 +112,25 @@ class InferenceService:
         )
         if req.params.max_new_tokens == 0:
             sampling.max_new_tokens = 0
+        sampling.constraint = self._constraint(lm, req)
         samplings = [sampling]
         for i in range(1, max(1, req.params.n)):
             seed = None if sampling.seed is None else sampling.seed + i
             samplings.append(dataclasses.replace(sampling, seed=seed))
         return prepared, samplings
+
+    @staticmethod
+    def _constraint(lm, req: GenerationRequest):
+        """The request's grammar (response_format, format or tools), compiled once per
+        tokenizer and spec; None for free text."""
+        spec = output_spec(req, lm.tokenizer)
+        if spec is None:
+            return None
+        from .generation import eos_ids, logits_size
+        from .grammar import build_constraint
+
+        think = "inside" if lm.spec.reasoning else "may"
+        return build_constraint(spec, lm.tokenizer, logits_size(lm), eos_ids(lm), think)
 
     def _result(self, lm, req, prepared, rows, started, extras=None):
         extras = extras or {}
@@ -126,11 +141,15 @@ class InferenceService:
                    r.cut.matched)  # fmt: skip
             for i, r in enumerate(rows.rows)
         ]
-        if req.params.logprobs is not None:
-            for c in choices:
+        for c in choices:
+            if req.params.logprobs is not None:
                 c.logprobs = c.logprobs or []
+            if req.tools and req.tool_choice != "none":
+                c.text, calls = parse_calls(c.text, req.tools, tool_format(lm.tokenizer))
+                c.tool_calls = calls or None
         result = GenerationResult(
             text=choices[0].text,
+            tool_calls=choices[0].tool_calls,
             prompt_tokens=prepared.prompt_tokens,
             completion_tokens=rows.completion_tokens,
             finish_reason=choices[0].finish_reason,

@@ -20,9 +20,12 @@ class Part:
 
 @dataclass
 class Message:
-    role: str  # system | user | assistant
+    role: str  # system | user | assistant | tool
     parts: list[Part]
     reasoning: str | None = None  # an assistant turn's reasoning, for templates that take it
+    # assistant: calls it made, OpenAI's shape ({"id", "type", "function": {"name", "arguments"}})
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None  # tool: the call it answers
 
     def text(self) -> str:
         return "".join(p.text or "" for p in self.parts if p.type == "text")
@@ -59,6 +62,15 @@ class GenerationRequest:
     prompt_ids: list[int] | None = None  # a token-id prompt, fed as is (raw_prompt)
     # Chat-template switches (`enable_thinking`), passed only to templates that read them.
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Structured output: {"type": "json_object"} or {"type": "json_schema", "schema": {...}};
+    # `format_param` names the request field of its errors.
+    response_format: dict | None = None
+    format_param: str = "response_format"
+    # Tools, OpenAI's shapes: [{"type": "function", "function": {...}}]; tool_choice none,
+    # auto, required or {"type": "function", "function": {"name": ...}}.
+    tools: list[dict] | None = None
+    tool_choice: str | dict = "auto"
+    parallel_tool_calls: bool = True
 
     def media_parts(self):
         for msg in self.messages:
@@ -89,6 +101,7 @@ class Choice:
     finish_reason: str
     logprobs: list[TokenLogprob] | None = None
     stop_sequence: str | None = None  # the stop string that ended it, if one did
+    tool_calls: list[dict] | None = None  # parsed from the output (text is then the rest)
 
 
 @dataclass
@@ -107,6 +120,7 @@ class GenerationResult:
     choices: list[Choice] = field(default_factory=list)  # all n; `text` etc. are choice 0's
     prompt_text: str | None = None  # the prompt as text (echo)
     prompt_logprobs: list[TokenLogprob] | None = None  # with `prompt_logprobs`
+    tool_calls: list[dict] | None = None  # parsed from the output (text is then the rest)
 
     def __post_init__(self):
         if not self.choices:  # a single answer

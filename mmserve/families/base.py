@@ -92,9 +92,11 @@ class FamilyHandler:
 
     @staticmethod
     def chat_messages(req: GenerationRequest, media_entry=None) -> list[dict]:
-        """Messages in the chat-template form of transformers: content as a list of parts."""
-        out = []
-        for msg in req.messages:
+        """Messages in the chat-template form of transformers: content as a list of parts.
+        Tools, earlier calls and tool answers in the generic text form (`mmserve.tools`)."""
+        from ..tools import chat_dicts
+
+        def content_of(msg) -> list[dict]:
             content = []
             for part in msg.parts:
                 if part.type == "text":
@@ -103,8 +105,9 @@ class FamilyHandler:
                     content.append(media_entry(part))
                 else:
                     raise BadRequest(f"{part.type} input is not supported", param=part.field)
-            out.append({"role": msg.role, "content": content})
-        return out
+            return content
+
+        return chat_dicts(req, None, content_of)[0]
 
     # --- generation -------------------------------------------------------
     def generate(self, lm, prepared: Prepared, gen_kwargs: dict):

@@ -10,6 +10,7 @@ from transformers import CompileConfig
 
 from ..errors import BadRequest
 from ..generation import left_pad
+from ..tools import chat_dicts, template_of
 from ..types import GenerationRequest
 from .base import FamilyHandler, Prepared
 
@@ -111,15 +112,13 @@ class TextHandler(FamilyHandler):
         """The prompt string and whether the tokenizer should add its special tokens."""
         if req.raw_prompt or not getattr(tokenizer, "chat_template", None):
             return "".join(m.text() for m in req.messages), True
-        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-        messages = []
-        for m in req.messages:
-            messages.append({"role": m.role, "content": m.text()})
-            if m.reasoning and "reasoning_content" in template:
-                messages[-1]["reasoning_content"] = m.reasoning
-        switches = {k: v for k, v in req.template_kwargs.items() if k in template}
+        messages, tools = chat_dicts(req, tokenizer)
+        extra = {"tools": tools} if tools else {}
+        template = template_of(tokenizer)
+        # Switches such as enable_thinking go only to templates that read them.
+        extra.update({k: v for k, v in req.template_kwargs.items() if k in template})
         text = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, **switches
+            messages, add_generation_prompt=True, tokenize=False, **extra
         )
         # The template already holds BOS when the model wants one: do not add a second.
         return text, False

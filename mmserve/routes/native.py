@@ -25,7 +25,9 @@ def json_body():
 
 
 def result_fields(result) -> dict:
+    extra = {"tool_calls": result.tool_calls} if result.tool_calls else {}
     return {
+        **extra,
         "model": result.model,
         "model_type": result.model_type,
         "generation_method": result.generation_method,

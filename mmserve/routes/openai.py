@@ -20,6 +20,7 @@ from ..schemas.openai_requests import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from ..tools import ToolStream, active
 from ..waiting import first_ready, start_with_status
 from .docs import documented
 
@@ -212,15 +213,31 @@ def chat_completions():
         g.tokens = result.completion_tokens
         return jsonify(schema.chat_completion(result, req.model, key, opened))
     events, source, prefix = open_stream(rt, req)
-    return _streamed(_chat_events(call, events, opened, key), source, prefix)
+    return _streamed(_chat_events(call, events, opened, key, active(req)), source, prefix)
 
 
-def _chat_events(call, events, opened, key):
+def tool_call_deltas(calls: list[dict], piece: int = 24) -> list[objects.ToolCallDelta]:
+    """OpenAI's streamed form of whole calls: id, type and name first, then the arguments in
+    pieces of `piece` characters; joined they are the calls again."""
+    out = []
+    for i, c in enumerate(calls):
+        name, args = c["function"]["name"], c["function"]["arguments"]
+        first = objects.FunctionDelta(name=name, arguments="")
+        out.append(objects.ToolCallDelta(index=i, id=c["id"], type="function", function=first))
+        for at in range(0, len(args), piece):
+            part = objects.FunctionDelta(arguments=args[at : at + piece])
+            out.append(objects.ToolCallDelta(index=i, function=part))
+    return out
+
+
+def _chat_events(call, events, opened, key, tools_on=False):
     """chat.completion.chunk events: per choice (n, interleaved by `index`) its role, deltas
-    (reasoning under `key`) with their logprobs, finish; then usage and DONE."""
+    (reasoning under `key`) with their logprobs, tool-call deltas (a ToolStream per choice
+    holds call text back), finish; then usage and DONE."""
     rid, model, created = objects.new_id("chatcmpl"), call.request.model, objects.now()
     n, logprobs = call.request.params.n, call.request.params.logprobs is not None
     splitters = [ReasoningSplitter(opened) if key else None for _ in range(n)]
+    streams = [ToolStream() if tools_on else None for _ in range(n)]
 
     def chunk(index: int, delta: dict, finish=None, entries=None) -> str:
         lp = chat_content(entries) if logprobs and entries is not None else None
@@ -234,6 +251,14 @@ def _chat_events(call, events, opened, key):
             yield chunk(index, {key if kind == REASONING else "content": text}, None, entries)
             entries = None  # a piece's logprobs go with its first chunk
 
+    def content(index, text, entries=None):
+        splitter = splitters[index]
+        pieces = [("content", text)] if splitter is None else splitter.feed(text) if text else []
+        pieces = [(k, t) for k, t in pieces if t]
+        if not pieces and entries:
+            yield chunk(index, {"content": ""}, None, entries)
+        yield from deltas(index, pieces, entries)
+
     try:
         for i in range(n):
             yield chunk(i, {"role": "assistant", "content": ""})
@@ -243,19 +268,18 @@ def _chat_events(call, events, opened, key):
                 result = item
                 continue
             i, entries = choice_of(item)
-            splitter = splitters[i]
-            if splitter is None:
-                yield chunk(i, {"content": str(item)}, None, entries)
-            else:
-                pieces = splitter.feed(item)
-                if not pieces and entries:
-                    yield chunk(i, {"content": ""}, None, entries)
-                yield from deltas(i, pieces, entries)
-        for i, splitter in enumerate(splitters):
-            if splitter is not None:
-                yield from deltas(i, splitter.flush(), None)
+            text = streams[i].feed(str(item)) if streams[i] is not None else str(item)
+            yield from content(i, text, entries)
         for c in result.choices:
-            yield chunk(c.index, {}, objects.finish_reason(result if c.index == 0 else c))
+            i = c.index
+            if streams[i] is not None:
+                yield from content(i, streams[i].rest(c.text, c.tool_calls))
+            if splitters[i] is not None:
+                yield from deltas(i, splitters[i].flush(), None)
+            for piece in tool_call_deltas(c.tool_calls or []):
+                yield chunk(i, {"tool_calls": [piece]})
+        for c in result.choices:
+            yield chunk(c.index, {}, objects.finish_reason(c))
         if call.include_usage:
             usage = objects.usage(result.prompt_tokens, result.completion_tokens)
             last = objects.ChatCompletionChunk(

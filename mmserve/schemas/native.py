@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import BadRequest
 from ..media import MediaLimits, decode_base64, load_audio, load_image, load_video
 from ..types import GenerationRequest, Message, Part, SamplingParams
 from .fields import get_inputs, get_keep_alive
+from .openai_requests import Tool, ToolChoice, check_schema, check_tools
 from .typed import Strict, validate
 
 MAX_EMBED_INPUTS = 2048  # texts in one embedding request
@@ -38,6 +39,25 @@ class GenerateRequest(Strict):
     stop: str | list[str] | None = None
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
     keep_alive: str | int | float | None = None
+    format: Literal["json"] | dict | None = Field(
+        None, description='Ollama\'s format: "json" (any JSON object) or a JSON Schema'
+    )
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+
+    @model_validator(mode="after")
+    def _output_rules(self):
+        if isinstance(self.format, dict):
+            check_schema(self.format, "format")
+        check_tools(self.tools, self.tool_choice)
+        return self
+
+    def response_format(self) -> dict | None:
+        if self.format is None:
+            return None
+        if self.format == "json":
+            return {"type": "json_object"}
+        return {"type": "json_schema", "schema": self.format}
 
 
 class EmbedRequest(Strict):
@@ -146,5 +166,15 @@ def parse_generate(model: str, body, settings, tmp_dir: Path) -> tuple[Generatio
         keep_alive=get_keep_alive({"keep_alive": req.keep_alive}),
         raw_prompt=req.raw,
         return_audio=req.return_audio,
+        response_format=req.response_format(),
+        format_param="format",
+        tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
+        tool_choice=_choice(req.tool_choice),
     )
     return out, req.stream
+
+
+def _choice(choice) -> str | dict:
+    if choice is None:
+        return "auto"
+    return choice if isinstance(choice, str) else choice.model_dump()

@@ -3,19 +3,24 @@ remote media fetched under a host allow-list, and the response objects of each e
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BadRequest, to_server_error
-from ..media import AUDIO_FORMATS, MediaError
+from ..errors import BadRequest
 from ..reasoning import effort_switch
 from ..remote_media import fetch_remote
 from ..types import GenerationRequest, Message, Part, SamplingParams
-from .fields import get_inputs, get_keep_alive, get_str
-from .native import MAX_EMBED_INPUTS, decode_media, media_limits
+from .fields import get_inputs, get_keep_alive
+from .native import MAX_EMBED_INPUTS
+from .openai_media import (  # noqa: F401 - transcriptions are part of this module's API
+    DEFAULT_TRANSCRIBE_PROMPT,
+    TRANSCRIPTION_FORMATS,
+    MediaReader,
+    TranscriptionCall,
+    content_part,
+    parse_transcription,
+)
 from .openai_objects import (  # noqa: F401 - the response builders, re-exported
     chat_completion,
     embedding_data,
@@ -36,19 +41,12 @@ from .openai_requests import (
 from .typed import validate
 
 _REASONING_KEYS = {"reasoning_content": "reasoning_content", "reasoning": "reasoning"}
-TRANSCRIPTION_FORMATS = ("json", "text")
-DEFAULT_TRANSCRIBE_PROMPT = "Transcribe the audio."
 MAX_PROMPTS = 32  # prompts in one /v1/completions request
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_MEDIA_PARTS = {"image_url": "image", "video_url": "video"}
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 # Fields of the OpenAI API this server does not implement, with the values that mean "off".
 # None is always accepted; anything else is a 400 naming the field.
 _CHAT_UNSUPPORTED = {
-    "response_format": ({"type": "text"},),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
     "functions": ([],),
     "function_call": ("none", "auto"),
     "modalities": (["text"],),
@@ -57,7 +55,6 @@ _CHAT_UNSUPPORTED = {
     "web_search_options": (),
 }
 _COMPLETION_UNSUPPORTED = {
-    "response_format": ({"type": "text"},),
     "best_of": (1,),
     "suffix": ("",),
 }
@@ -99,14 +96,6 @@ class EmbeddingCall:
     keep_alive: float | None
     truncate: bool = False  # cut inputs over the model's limit instead of refusing them
     fields: list[str] = dataclasses.field(default_factory=list)  # `input`, `input[1]`, ...
-
-
-@dataclass
-class TranscriptionCall:
-    """A parsed /v1/audio/transcriptions form."""
-
-    request: GenerationRequest
-    response_format: str
 
 
 # --------------------------------------------------------------------------- common fields
@@ -200,86 +189,39 @@ def _include_usage(req: SamplingFields) -> bool:
     return bool(req.stream_options and req.stream_options.include_usage)
 
 
-class MediaReader:
-    """Turns the media of one request into Parts: data URIs decoded, allowed URLs fetched."""
-
-    def __init__(self, settings, tmp_dir: Path, fetch=fetch_remote):
-        self.settings = settings
-        self.limits = media_limits(settings)
-        self.tmp_dir = tmp_dir
-        self.fetch = fetch
-        self.images = 0
-
-    def part(self, kind: str, source, field: str) -> Part:
-        """One decoded Part; `source` is a data URI, base64 or an http(s) URL."""
-        if kind == "image":
-            self.images += 1
-            if self.images > self.limits.max_images:
-                raise BadRequest(
-                    f"too many images: the limit is max_images={self.limits.max_images}",
-                    param=field,
-                    code="limit_exceeded",
-                )
-        if not isinstance(source, str) or not source.strip():
-            raise BadRequest(f"'{field}' needs a non-empty url", param=field)
-        source = source.strip()
-        lowered = source[:8].lower()
-        if lowered.startswith(("http://", "https://")):
-            cap = self.limits.max_video_bytes if kind == "video" else self.limits.max_media_bytes
-            raw = self.fetch(source, field, self.settings.remote_media_hosts, cap)
-            source = base64.b64encode(raw).decode("ascii")
-        elif _SCHEME.match(source) and not lowered.startswith("data:"):
-            raise BadRequest(f"'{field}' must be a base64 data URI or an http(s) URL", param=field)
-        try:
-            return decode_media(kind, source, field, self.limits, self.tmp_dir)
-        except MediaError as exc:
-            raise to_server_error(exc) from None
-
-
 # --------------------------------------------------------------------------- chat
 
 
-def _url_of(part) -> str:
-    """The url of an image_url/video_url part ({"url": ...}, or a bare string)."""
-    value = getattr(part, part.type)
-    return value if isinstance(value, str) else value.url
-
-
-def _part(item, path: str, role: str, media: MediaReader) -> Part:
-    """One validated content part as a Part; media only in user messages."""
-    if item.type == "text":
-        return Part("text", text=item.text, field=path)
-    if role != "user":
-        raise BadRequest(f"'{path}': only user messages may hold media", param=path)
-    if item.type in _MEDIA_PARTS:
-        return media.part(_MEDIA_PARTS[item.type], _url_of(item), path)
-    fmt = item.input_audio.format
-    if fmt is not None and fmt.lower() not in AUDIO_FORMATS:
-        raise BadRequest(
-            f"'{path}.input_audio.format' must be one of {', '.join(AUDIO_FORMATS)}",
-            param=f"{path}.input_audio.format",
-        )
-    return media.part("audio", item.input_audio.data, path)
-
-
 def _message(m: ChatMessage, path: str, media: MediaReader) -> Message:
-    """One validated message as a Message (developer is an alias of system)."""
-    for key in ("tool_calls", "tool_call_id"):
-        if getattr(m, key):
-            raise BadRequest(
-                f"'{path}.{key}' is not supported",
-                param=f"{path}.{key}",
-                code="unsupported_parameter",
-            )
-    if m.role not in _ROLES:
-        raise BadRequest(f"'{path}.role' {m.role!r} is not supported", param=f"{path}.role")
-    reasoning = m.reasoning_content or m.reasoning
+    """One validated message as a Message (developer is an alias of system); an assistant's
+    tool calls and a tool's answer keep their ids."""
+    role = _ROLES.get(m.role, m.role)
+    calls = [c.model_dump() for c in m.tool_calls] if m.tool_calls else None
+    reasoning = m.reasoning_content or m.reasoning  # given only to templates that read it
+    if m.content is None:
+        return Message(role, [], reasoning, tool_calls=calls)
     if isinstance(m.content, str):
-        parts = [Part("text", text=m.content, field=f"{path}.content")]
-        return Message(_ROLES[m.role], parts, reasoning)
-    parts = [_part(item, f"{path}.content[{j}]", m.role, media) for j, item in
+        part = Part("text", text=m.content, field=f"{path}.content")
+        return Message(role, [part], reasoning, tool_calls=calls, tool_call_id=m.tool_call_id)
+    parts = [content_part(item, f"{path}.content[{j}]", m.role, media) for j, item in
              enumerate(m.content)]  # fmt: skip
-    return Message(_ROLES[m.role], parts, reasoning)
+    return Message(role, parts, reasoning, tool_calls=calls, tool_call_id=m.tool_call_id)
+
+
+def response_format(fmt) -> dict | None:
+    """A validated response_format as the engine's: None for text."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "schema": fmt.json_schema.schema_}
+
+
+def _tool_choice(req) -> str | dict:
+    choice = req.tool_choice
+    if choice is None:
+        return "auto"
+    return choice if isinstance(choice, str) else choice.model_dump()
 
 
 def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -> ChatCall:
@@ -294,9 +236,17 @@ def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -
     media = MediaReader(settings, tmp_dir, fetch)
     messages = [_message(m, f"messages[{i}]", media) for i, m in enumerate(req.messages)]
     request = GenerationRequest(
-        model=model, messages=messages, params=params, keep_alive=keep_alive, endpoint="openai",
+        model=model,
+        messages=messages,
+        params=params,
+        keep_alive=keep_alive,
+        endpoint="openai",
+        response_format=response_format(req.response_format),
+        tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
+        tool_choice=_tool_choice(req),
+        parallel_tool_calls=req.parallel_tool_calls is not False,
         template_kwargs=effort_switch(req.reasoning_effort),
-    )  # fmt: skip
+    )
     return ChatCall(request, req.stream, _include_usage(req), req.reasoning_format)
 
 
@@ -357,6 +307,7 @@ def parse_completion(body, settings, lookup=None) -> CompletionCall:
             raw_prompt=True,
             endpoint="openai",
             prompt_ids=ids,
+            response_format=response_format(req.response_format),
         )
         for field, text, ids in prompts
     ]
@@ -381,53 +332,3 @@ def parse_embeddings(body, lookup=None) -> EmbeddingCall:
         truncate=req.truncate,
         fields=[f for f, _ in texts],
     )
-
-
-# --------------------------------------------------------------------------- transcriptions
-
-
-def parse_transcription(form, files, settings, tmp_dir: Path, lookup) -> TranscriptionCall:
-    """POST /v1/audio/transcriptions (multipart): the audio as a chat request to an audio model."""
-    model = get_str(form, "model", required=True, allow_empty=False)
-    spec = lookup(model)
-    if "audio" not in spec.capabilities:
-        raise BadRequest(f"model '{model}' does not accept audio input", param="model")
-    upload = files.get("file")
-    if upload is None:
-        raise BadRequest("'file' is required: the audio to transcribe", param="file")
-    response_format = form.get("response_format") or "json"
-    if response_format not in TRANSCRIPTION_FORMATS:
-        raise BadRequest(
-            f"'response_format' must be one of {', '.join(TRANSCRIPTION_FORMATS)}",
-            param="response_format",
-        )
-    limits = media_limits(settings)
-    data = upload.read(limits.max_media_bytes + 1)
-    if not data:
-        raise BadRequest("'file' is empty", param="file")
-    encoded = base64.b64encode(data).decode("ascii")  # limits are checked by the decoder
-    try:
-        audio = decode_media("audio", encoded, "file", limits, tmp_dir)
-    except MediaError as exc:
-        raise to_server_error(exc) from None
-    instruction = form.get("prompt") or DEFAULT_TRANSCRIBE_PROMPT
-    language = form.get("language")
-    if language:
-        instruction += f" The speech is in the language '{language[:32]}'."
-    temperature = form.get("temperature")
-    try:
-        temperature = float(temperature) if temperature not in (None, "") else None
-    except ValueError:
-        raise BadRequest("'temperature' must be a number", param="temperature") from None
-    if temperature is not None and not 0.0 <= temperature <= 2.0:
-        raise BadRequest("'temperature' must be between 0 and 2", param="temperature")
-    params = SamplingParams(temperature=temperature)
-    text = Part("text", text=instruction, field="prompt")
-    request = GenerationRequest(
-        model=model,
-        messages=[Message("user", [audio, text])],
-        params=params,
-        keep_alive=get_keep_alive(form),
-        endpoint="openai",
-    )
-    return TranscriptionCall(request, response_format)

@@ -229,13 +229,14 @@ def assistant_message(text: str | None, key: str | None, opened: bool, tool_call
 
 def chat_completion(result, model: str, key: str | None, opened: bool) -> dict:
     """The chat.completion object of one GenerationResult: one choice per row (n)."""
-    calls = [ToolCallOut.model_validate(c) for c in getattr(result, "tool_calls", None) or []]
     choices = [
         ChatChoice(
             index=c.index,
-            message=assistant_message(c.text, key, opened, calls if c.index == 0 else None),
+            message=assistant_message(
+                c.text, key, opened, [ToolCallOut.model_validate(t) for t in c.tool_calls or []]
+            ),
             logprobs=chat_content(c.logprobs),
-            finish_reason=finish_reason(result if c.index == 0 else c),
+            finish_reason=finish_reason(c),
         )
         for c in result.choices
     ]
