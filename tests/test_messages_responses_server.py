@@ -4,6 +4,7 @@ official `anthropic` client and the `openai` client's `responses` (SmolLM2 and t
 from __future__ import annotations
 
 import base64
+import json
 
 import anthropic
 import openai
@@ -144,3 +145,70 @@ def test_responses_are_not_stored(oa_server):
                          ({"previous_response_id": "resp_1"}, "previous_response_id")):  # fmt: skip
         r = requests.post(url, json={"model": "smollm2", "input": "hi", **extra}, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+
+
+def test_anthropic_tool_use_and_tool_result(claude):
+    tools = [{"name": "get_weather", "description": "The weather in a city",
+              "input_schema": WEATHER}]  # fmt: skip
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    msg = claude.messages.create(model="smollm2", max_tokens=48, tools=tools,
+                                 tool_choice={"type": "any"}, messages=ask)  # fmt: skip
+    uses = [b for b in msg.content if b.type == "tool_use"]
+    assert msg.stop_reason == "tool_use" and uses and uses[0].name == "get_weather"
+    assert isinstance(uses[0].input.get("city"), str)
+    with claude.messages.stream(model="smollm2", max_tokens=48, tools=tools,
+                                tool_choice={"type": "any"}, messages=ask) as stream:  # fmt: skip
+        final = stream.get_final_message()
+    assert [b.input for b in final.content if b.type == "tool_use"] == [u.input for u in uses]
+    # the tool's answer goes back as a tool_result block
+    history = ask + [
+        {"role": "assistant", "content": [u.model_dump() for u in uses]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id,
+                                      "content": "Sunny, 21 C"}]},
+    ]  # fmt: skip
+    answer = claude.messages.create(model="smollm2", max_tokens=24, tools=tools,
+                                    messages=history)  # fmt: skip
+    assert answer.content and answer.usage.input_tokens > msg.usage.input_tokens
+
+
+def test_responses_json_schema(oai):
+    schema = {"type": "object", "properties": {"capital": {"type": "string"}},
+              "required": ["capital"], "additionalProperties": False}  # fmt: skip
+    r = oai.responses.create(
+        model="smollm2", input="What is the capital of France? Answer in JSON.",
+        max_output_tokens=40,
+        text={"format": {"type": "json_schema", "name": "answer", "schema": schema}},
+    )  # fmt: skip
+    assert isinstance(json.loads(r.output_text)["capital"], str)
+
+
+def test_responses_function_tool(oai):
+    tools = [{"type": "function", "name": "get_weather", "description": "The weather in a city",
+              "parameters": WEATHER}]  # fmt: skip
+    ask = "What is the weather in Paris?"
+    r = oai.responses.create(model="smollm2", input=ask, tools=tools, tool_choice="required",
+                             max_output_tokens=48)  # fmt: skip
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert calls and calls[0].name == "get_weather"
+    assert isinstance(json.loads(calls[0].arguments)["city"], str)
+    with oai.responses.stream(model="smollm2", input=ask, tools=tools, tool_choice="required",
+                              max_output_tokens=48) as stream:  # fmt: skip
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert "response.function_call_arguments.delta" in kinds
+    streamed = [o for o in final.output if o.type == "function_call"]
+    assert [c.arguments for c in streamed] == [c.arguments for c in calls]
+    # the call and its output go back as input items
+    history = [{"role": "user", "content": ask}, calls[0].model_dump(exclude_none=True),
+               {"type": "function_call_output", "call_id": calls[0].call_id,
+                "output": "Sunny, 21 C"}]  # fmt: skip
+    again = oai.responses.create(model="smollm2", input=history, tools=tools,
+                                 max_output_tokens=16)  # fmt: skip
+    assert again.usage.input_tokens > r.usage.input_tokens

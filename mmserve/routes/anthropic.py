@@ -11,6 +11,7 @@ from ..errors import to_server_error
 from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import anthropic as schema
+from ..tools import ToolStream, active
 from .docs import documented
 from .openai import _streamed, json_body, open_stream
 
@@ -37,7 +38,7 @@ def messages():
         g.tokens = result.completion_tokens
         return jsonify(schema.message(result, req.model, opened))
     events, source, prefix = open_stream(rt, req)
-    return _streamed(_events(req, events, opened), source, prefix)
+    return _streamed(_events(req, events, opened, active(req)), source, prefix)
 
 
 class _Blocks:
@@ -62,6 +63,18 @@ class _Blocks:
         yield event("content_block_delta",
                     {"type": "content_block_delta", "index": self.index, "delta": delta})  # fmt: skip
 
+    def tool_use(self, call: dict):
+        """A whole tool_use block: its start, its input as one input_json_delta, its stop."""
+        yield from self.close()
+        self.index += 1
+        block = {**schema.tool_use(call), "input": {}}
+        yield event("content_block_start",
+                    {"type": "content_block_start", "index": self.index, "content_block": block})  # fmt: skip
+        delta = {"type": "input_json_delta", "partial_json": call["function"]["arguments"]}
+        yield event("content_block_delta",
+                    {"type": "content_block_delta", "index": self.index, "delta": delta})  # fmt: skip
+        yield event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
     def close(self):
         if self.kind is None:
             return
@@ -73,11 +86,13 @@ class _Blocks:
         self.kind = None
 
 
-def _events(req, events, opened: bool):
-    """message_start, content blocks (thinking, text), message_delta, message_stop; a failure
-    after the start is an `error` event in Anthropic's envelope."""
+def _events(req, events, opened: bool, tools_on: bool):
+    """message_start, content blocks (thinking, text, tool_use), message_delta, message_stop;
+    call text is held back (ToolStream) and sent as tool_use blocks; a failure after the
+    start is an `error` event in Anthropic's envelope."""
     mid = schema.new_id()
     splitter = ReasoningSplitter(opened)
+    calls = ToolStream() if tools_on else None
     blocks = _Blocks()
     start = {"id": mid, "type": "message", "role": "assistant", "model": req.model,
              "content": [], "stop_reason": None, "stop_sequence": None,
@@ -92,12 +107,17 @@ def _events(req, events, opened: bool):
             if not isinstance(item, str):
                 result = item
                 continue
-            for kind, text in splitter.feed(item):
-                yield from blocks.piece(kind, text)
-        for kind, text in splitter.flush():
-            yield from blocks.piece(kind, text)
-        if blocks.index < 0:
+            text = calls.feed(item) if calls is not None else item
+            for kind, piece in splitter.feed(text) if text else []:
+                yield from blocks.piece(kind, piece)
+        choice = result.choices[0]
+        rest = calls.rest(choice.text, choice.tool_calls) if calls is not None else ""
+        for kind, piece in (splitter.feed(rest) if rest else []) + splitter.flush():
+            yield from blocks.piece(kind, piece)
+        if blocks.index < 0 and not choice.tool_calls:
             yield from blocks.piece("content", "")
+        for call in choice.tool_calls or []:
+            yield from blocks.tool_use(call)
         yield from blocks.close()
         reason, sequence = schema.stop_reason(result.choices[0])
         yield event("message_delta", {

@@ -11,6 +11,7 @@ from ..errors import to_server_error
 from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import responses as schema
+from ..tools import ToolStream, active
 from .docs import documented
 from .openai import _streamed, json_body, open_stream
 
@@ -30,17 +31,18 @@ def create_response():
     if not call.stream:
         result = rt.service.generate(req)
         g.tokens = result.completion_tokens
-        output = schema.output_items(result.text, opened)
+        output = schema.output_items(result.text, opened, result.tool_calls)
         return jsonify(schema.response(call, schema.new_id("resp"), schema.now(), output, result))
     events, source, prefix = open_stream(rt, req)
-    return _streamed(_Events(call, opened).run(events), source, prefix)
+    return _streamed(_Events(call, opened, active(req)).run(events), source, prefix)
 
 
 class _Events:
     """The typed events of one streamed response, each with its sequence_number."""
 
-    def __init__(self, call, opened: bool):
+    def __init__(self, call, opened: bool, tools_on: bool = False):
         self.call = call
+        self.calls = ToolStream() if tools_on else None
         self.rid, self.created = schema.new_id("resp"), schema.now()
         self.splitter = ReasoningSplitter(opened)
         self.seq = 0
@@ -84,6 +86,19 @@ class _Events:
         self.done.append(final)
         self.item = None
 
+    def _function_call(self, call: dict):
+        """One function_call item: added, its arguments as one delta, done."""
+        index, item = len(self.done), schema.function_call_item(call, "in_progress")
+        yield self.send("response.output_item.added", output_index=index,
+                        item={**item, "arguments": ""})  # fmt: skip
+        ids = {"item_id": item["id"], "output_index": index}
+        yield self.send("response.function_call_arguments.delta", **ids, delta=item["arguments"])
+        yield self.send("response.function_call_arguments.done", **ids,
+                        arguments=item["arguments"])  # fmt: skip
+        final = schema.function_call_item(call)
+        yield self.send("response.output_item.done", output_index=index, item=final)
+        self.done.append(final)
+
     def _piece(self, kind: str, text: str):
         if self.item is None or (self.item["type"] == "reasoning") != (kind == REASONING):
             yield from self._open(kind)
@@ -108,14 +123,19 @@ class _Events:
                 if not isinstance(item, str):
                     result = item
                     continue
-                for kind, text in self.splitter.feed(item):
-                    yield from self._piece(kind, text)
-            for kind, text in self.splitter.flush():
-                yield from self._piece(kind, text)
+                text = self.calls.feed(item) if self.calls is not None else item
+                for kind, piece in self.splitter.feed(text) if text else []:
+                    yield from self._piece(kind, piece)
+            tool_calls = result.tool_calls or []
+            rest = self.calls.rest(result.text, tool_calls) if self.calls is not None else ""
+            for kind, piece in (self.splitter.feed(rest) if rest else []) + self.splitter.flush():
+                yield from self._piece(kind, piece)
             items = self.done + ([self.item] if self.item is not None else [])
-            if not any(i["type"] == "message" for i in items):
+            if not tool_calls and not any(i["type"] == "message" for i in items):
                 yield from self._open("content")  # a message item even when it is empty
             yield from self._close()
+            for c in tool_calls:
+                yield from self._function_call(c)
             final = schema.response(call, rid, created, self.done, result)
             kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
             yield self.send(kind, response=final)

@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import Discriminator, Field, Tag
 
@@ -17,6 +17,7 @@ from ..reasoning import EFFORTS, effort_switch, split_reasoning
 from ..types import GenerationRequest, Message, Part, SamplingParams
 from .fields import get_keep_alive
 from .openai import MediaReader
+from .openai_requests import check_schema
 from .typed import Strict, tagged, validate
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -66,15 +67,32 @@ class ReasoningItem(Strict):
     type: Literal["reasoning"]
 
 
+class FunctionCallItem(Strict):
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+
+
+class FunctionCallOutputItem(Strict):
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str
+
+
+_ITEMS = {"message": MessageItem, "reasoning": ReasoningItem, "function_call": FunctionCallItem,
+          "function_call_output": FunctionCallOutputItem}  # fmt: skip
+
+
 def _item_kind(value):
     raw = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
-    return f"type={raw}" if raw in ("message", "reasoning") else None
+    return f"type={raw}" if raw in _ITEMS else None
 
 
 InputItem = Annotated[
-    Annotated[MessageItem, Tag("type=message")] | Annotated[ReasoningItem, Tag("type=reasoning")],
+    Union[tuple(Annotated[m, Tag(f"type={k}")] for k, m in _ITEMS.items())],  # noqa: UP007
     Discriminator(_item_kind, custom_error_type="unknown_tag:type",
-                  custom_error_message="'type' must be message or reasoning"),
+                  custom_error_message=f"'type' must be one of {', '.join(_ITEMS)}"),
 ]  # fmt: skip
 
 
@@ -82,8 +100,34 @@ class TextFormat(Strict):
     type: Literal["text"]
 
 
+class JSONObjectFormat(Strict):
+    type: Literal["json_object"]
+
+
+class JSONSchemaFormat(Strict):
+    type: Literal["json_schema"]
+    name: str
+    schema_: dict = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
 class TextConfig(Strict):
-    format: TextFormat | None = None
+    format: tagged("type", {"text": TextFormat, "json_object": JSONObjectFormat,
+                            "json_schema": JSONSchemaFormat}) | None = None  # fmt: skip
+
+
+class FunctionTool(Strict):
+    type: Literal["function"]
+    name: str
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class NamedFunction(Strict):
+    type: Literal["function"]
+    name: str
 
 
 class ReasoningConfig(Strict):
@@ -105,7 +149,9 @@ class ResponsesRequest(Strict):
     previous_response_id: str | None = None
     reasoning: ReasoningConfig | None = None
     text: TextConfig | None = None
-    tools: list[dict] | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
+    parallel_tool_calls: bool | None = None
     metadata: dict | None = None
     keep_alive: str | int | float | None = None
 
@@ -145,6 +191,40 @@ def _message(item: MessageItem, path: str, media: MediaReader) -> Message:
     return Message(role, parts)
 
 
+def _format(req: ResponsesRequest) -> dict | None:
+    """`text.format` as the engine's response_format (None for text)."""
+    fmt = req.text.format if req.text else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    check_schema(fmt.schema_, "text.format.schema")
+    return {"type": "json_schema", "schema": fmt.schema_}
+
+
+def _tools(req: ResponsesRequest) -> tuple[list[dict] | None, str | dict]:
+    """(tools, tool_choice) in the chat shapes the engine takes."""
+    names = set()
+    for i, tool in enumerate(req.tools or []):
+        if tool.parameters is not None:
+            check_schema(tool.parameters, f"tools[{i}].parameters", object_only=True)
+        if tool.name in names:
+            raise BadRequest(f"'tools[{i}].name': duplicate tool name {tool.name!r}",
+                             param=f"tools[{i}].name")  # fmt: skip
+        names.add(tool.name)
+    choice = req.tool_choice or "auto"
+    if isinstance(choice, NamedFunction):
+        if choice.name not in names:
+            raise BadRequest(f"'tool_choice.name': no tool is named {choice.name!r}",
+                             param="tool_choice.name")  # fmt: skip
+        choice = {"type": "function", "function": {"name": choice.name}}
+    elif choice == "required" and not names:
+        raise BadRequest("'tool_choice' is 'required' but no tools are given", param="tool_choice")
+    tools = [{"type": "function", "function": t.model_dump(exclude_none=True, exclude={"type",
+              "strict"})} for t in req.tools or []]  # fmt: skip
+    return tools or None, choice
+
+
 def parse_responses(body, settings, tmp_dir: Path, lookup=None) -> ResponsesCall:
     """POST /v1/responses. Nothing is stored: `previous_response_id` or `store: true` is a
     400; `reasoning.effort` switches a template's thinking (`mmserve.reasoning`)."""
@@ -159,9 +239,7 @@ def parse_responses(body, settings, tmp_dir: Path, lookup=None) -> ResponsesCall
         raise BadRequest("'input' must be a non-empty string or list of items", param="input")
     if lookup is not None:
         lookup(req.model)
-    if req.tools:
-        raise BadRequest("'tools' is not supported by this server yet", param="tools",
-                         code="unsupported_parameter")  # fmt: skip
+    tools, tool_choice = _tools(req)
     limit = settings.max_new_tokens_limit
     if req.max_output_tokens is not None and req.max_output_tokens > limit:
         raise BadRequest(f"'max_output_tokens' must be at most {limit}", param="max_output_tokens")
@@ -178,6 +256,13 @@ def parse_responses(body, settings, tmp_dir: Path, lookup=None) -> ResponsesCall
         for i, item in enumerate(req.input):
             if isinstance(item, MessageItem):
                 messages.append(_message(item, f"input[{i}]", media))
+            elif isinstance(item, FunctionCallItem):
+                call = {"id": item.call_id, "type": "function",
+                        "function": {"name": item.name, "arguments": item.arguments}}  # fmt: skip
+                messages.append(Message("assistant", [], tool_calls=[call]))
+            elif isinstance(item, FunctionCallOutputItem):
+                part = Part("text", item.output, field=f"input[{i}].output")
+                messages.append(Message("tool", [part], tool_call_id=item.call_id))
     effort = req.reasoning.effort if req.reasoning else None
     request = GenerationRequest(
         model=req.model,
@@ -186,6 +271,11 @@ def parse_responses(body, settings, tmp_dir: Path, lookup=None) -> ResponsesCall
         keep_alive=get_keep_alive({"keep_alive": req.keep_alive}),
         endpoint="responses",
         template_kwargs=effort_switch(effort),
+        response_format=_format(req),
+        format_param="text.format.schema",
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     echo = {
         "instructions": req.instructions,
@@ -194,6 +284,20 @@ def parse_responses(body, settings, tmp_dir: Path, lookup=None) -> ResponsesCall
         "top_p": req.top_p if req.top_p is not None else 1.0,
         "metadata": req.metadata or {},
         "reasoning": {"effort": effort, "summary": None},
+        "text": {
+            "format": (
+                req.text.format.model_dump(by_alias=True)
+                if req.text and req.text.format
+                else {"type": "text"}
+            )
+        },
+        "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
+        "tool_choice": (
+            req.tool_choice.model_dump()
+            if isinstance(req.tool_choice, NamedFunction)
+            else req.tool_choice or "auto"
+        ),
+        "parallel_tool_calls": req.parallel_tool_calls is not False,
     }
     return ResponsesCall(request, req.stream, echo)
 
@@ -213,11 +317,21 @@ def message_item(mid: str, text: str, status: str = "completed") -> dict:
             "content": content}  # fmt: skip
 
 
-def output_items(text: str, opened: bool) -> list[dict]:
-    """A reasoning item (from `<think>`) when there is one, then the message."""
+def function_call_item(call: dict, status: str = "completed") -> dict:
+    """A parsed tool call as a function_call output item."""
+    return {"type": "function_call", "id": "fc_" + call["id"].removeprefix("call_"),
+            "call_id": call["id"], "name": call["function"]["name"],
+            "arguments": call["function"]["arguments"], "status": status}  # fmt: skip
+
+
+def output_items(text: str, opened: bool, calls=None) -> list[dict]:
+    """A reasoning item (from `<think>`) when there is one, the message (unless the answer is
+    only tool calls), then a function_call item per call."""
     reasoning, answer = split_reasoning(text, opened or None)
     items = [reasoning_item(new_id("rs"), reasoning)] if reasoning else []
-    return items + [message_item(new_id("msg"), answer)]
+    if answer.strip() or not calls:
+        items.append(message_item(new_id("msg"), answer))
+    return items + [function_call_item(c) for c in calls or []]
 
 
 def response(call: ResponsesCall, rid: str, created: int, output: list, result=None) -> dict:
