@@ -159,12 +159,12 @@ def test_anthropic_tool_use_and_tool_result(claude):
               "input_schema": WEATHER}]  # fmt: skip
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     msg = claude.messages.create(model="smollm2", max_tokens=48, tools=tools,
-                                 tool_choice={"type": "any"}, messages=ask)  # fmt: skip
+                                 tool_choice={"type": "any", "disable_parallel_tool_use": True}, messages=ask)  # fmt: skip
     uses = [b for b in msg.content if b.type == "tool_use"]
     assert msg.stop_reason == "tool_use" and uses and uses[0].name == "get_weather"
     assert isinstance(uses[0].input.get("city"), str)
     with claude.messages.stream(model="smollm2", max_tokens=48, tools=tools,
-                                tool_choice={"type": "any"}, messages=ask) as stream:  # fmt: skip
+                                tool_choice={"type": "any", "disable_parallel_tool_use": True}, messages=ask) as stream:  # fmt: skip
         final = stream.get_final_message()
     assert [b.input for b in final.content if b.type == "tool_use"] == [u.input for u in uses]
     # the tool's answer goes back as a tool_result block
@@ -193,12 +193,12 @@ def test_responses_function_tool(oai):
     tools = [{"type": "function", "name": "get_weather", "description": "The weather in a city",
               "parameters": WEATHER}]  # fmt: skip
     ask = "What is the weather in Paris?"
-    r = oai.responses.create(model="smollm2", input=ask, tools=tools, tool_choice="required",
+    r = oai.responses.create(model="smollm2", input=ask, tools=tools, tool_choice="required", parallel_tool_calls=False,
                              max_output_tokens=48)  # fmt: skip
     calls = [o for o in r.output if o.type == "function_call"]
     assert calls and calls[0].name == "get_weather"
     assert isinstance(json.loads(calls[0].arguments)["city"], str)
-    with oai.responses.stream(model="smollm2", input=ask, tools=tools, tool_choice="required",
+    with oai.responses.stream(model="smollm2", input=ask, tools=tools, tool_choice="required", parallel_tool_calls=False,
                               max_output_tokens=48) as stream:  # fmt: skip
         kinds = [e.type for e in stream]
         final = stream.get_final_response()
