@@ -132,7 +132,11 @@ def test_anthropic_envelope():
         ({"model": "m", "input": "x", "store": True}, "store"),
         ({"model": "m", "input": "x", "previous_response_id": "r"}, "previous_response_id"),
         ({"model": "m", "input": ""}, "input"),
-        ({"model": "m", "input": [{"type": "function_call"}]}, "input[0].type"),
+        ({"model": "m", "input": [{"type": "web_search_call"}]}, "input[0].type"),
+        ({"model": "m", "input": [{"type": "function_call"}]}, "input[0].call_id"),
+        ({"model": "m", "input": "x", "tool_choice": "required"}, "tool_choice"),
+        ({"model": "m", "input": "x", "text": {"format": {"type": "json_schema", "name": "a",
+          "schema": {"type": 5}}}}, "text.format.schema"),
         ({"model": "m", "input": [{"role": "user", "content": [{"type": "x"}]}]},
          "input[0].content[0].type"),
         ({"model": "m", "input": "x", "reasoning": {"effort": "max"}}, "reasoning.effort"),
@@ -179,3 +183,53 @@ def test_serial_engine_families_give_logprobs_and_n(make_app):
     r = client.post("/v1/completions", json={"model": "tiny_vl", "prompt": "hi", "echo": True,
                                              "logprobs": 1, "max_tokens": 1})  # fmt: skip
     assert r.status_code == 400 and r.get_json()["error"]["param"] == "echo"
+
+
+def test_tools_translate_to_the_chat_shapes(tmp_path):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    call = anthropic.parse_messages(
+        {"model": "m", "max_tokens": 4,
+         "tools": [{"name": "w", "input_schema": schema}],
+         "tool_choice": {"type": "tool", "name": "w", "disable_parallel_tool_use": True},
+         "messages": [
+             {"role": "user", "content": "hi"},
+             {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "w",
+                                                "input": {"city": "Paris"}}]},
+             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                           "content": "sunny"}, {"type": "text", "text": "so?"}]},
+         ]},
+        _settings(), tmp_path,
+    )  # fmt: skip
+    req = call.request
+    assert req.tools[0]["function"]["parameters"] == schema
+    assert req.tool_choice == {"type": "function", "function": {"name": "w"}}
+    assert req.parallel_tool_calls is False
+    assert [m.role for m in req.messages] == ["user", "assistant", "tool", "user"]
+    assert req.messages[1].tool_calls[0]["function"]["arguments"] == '{"city": "Paris"}'
+    assert req.messages[2].tool_call_id == "t1" and req.messages[2].text() == "sunny"
+    with pytest.raises(BadRequest) as info:
+        anthropic.parse_messages({"model": "m", "max_tokens": 4, "tool_choice": {"type": "tool",
+                                  "name": "x"}, "tools": [{"name": "w", "input_schema": schema}],
+                                  "messages": [{"role": "user", "content": "hi"}]},
+                                 _settings(), tmp_path)  # fmt: skip
+    assert info.value.param == "tool_choice.name"
+    r = responses.parse_responses(
+        {"model": "m", "tools": [{"type": "function", "name": "w", "parameters": schema}],
+         "tool_choice": {"type": "function", "name": "w"},
+         "text": {"format": {"type": "json_object"}},
+         "input": [{"role": "user", "content": "hi"},
+                   {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
+                   {"type": "function_call_output", "call_id": "c1", "output": "ok"}]},
+        _settings(), tmp_path,
+    )  # fmt: skip
+    assert r.request.tools == [{"type": "function", "function": {"name": "w",
+                                                                  "parameters": schema}}]  # fmt: skip
+    assert r.request.tool_choice == {"type": "function", "function": {"name": "w"}}
+    assert r.request.response_format == {"type": "json_object"}
+    assert [m.role for m in r.request.messages] == ["user", "assistant", "tool"]
+    items = responses.output_items(
+        "",
+        False,
+        [{"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+    )
+    assert [i["type"] for i in items] == ["function_call"] and items[0]["call_id"] == "call_1"
