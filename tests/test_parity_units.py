@@ -233,3 +233,33 @@ def test_tools_translate_to_the_chat_shapes(tmp_path):
         [{"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
     )
     assert [i["type"] for i in items] == ["function_call"] and items[0]["call_id"] == "call_1"
+
+
+class _Template:
+    """A tokenizer stand-in that records what apply_chat_template was given."""
+
+    def __init__(self, template: str):
+        self.chat_template = template
+        self.seen: dict = {}
+
+    def apply_chat_template(self, messages, **kwargs):
+        self.seen = {"messages": messages, **kwargs}
+        return "prompt"
+
+
+def test_reasoning_switch_and_earlier_reasoning_reach_only_templates_that_read_them():
+    from mmserve.families.text import TextHandler
+    from mmserve.types import GenerationRequest, Message, Part
+
+    msgs = [Message("user", [Part("text", "q")]),
+            Message("assistant", [Part("text", "a")], reasoning="because"),
+            Message("user", [Part("text", "q2")])]  # fmt: skip
+    req = GenerationRequest("m", msgs, template_kwargs=effort_switch("none"))
+    qwen3 = _Template("{% if enable_thinking %}{{ m.reasoning_content }}{% endif %}")
+    TextHandler().render_prompt(qwen3, req)
+    assert qwen3.seen["enable_thinking"] is False
+    assert qwen3.seen["messages"][1]["reasoning_content"] == "because"
+    plain = _Template("{{ messages }}")
+    TextHandler().render_prompt(plain, req)
+    assert "enable_thinking" not in plain.seen
+    assert "reasoning_content" not in plain.seen["messages"][1]
