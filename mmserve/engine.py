@@ -4,9 +4,13 @@ Each step the engine (a) admits waiting requests while there are free rows and K
 budget, prefilling them as one left-padded group in chunks of about `prefill_chunk`
 tokens (one chunk per step, so running rows wait one chunk at most) and then merging
 their KV into the running batch; (b) runs one decode forward for every running row;
-(c) samples each row with its own processors and generator (`mmserve.sampling`); and
+(c) samples each row with its own processors and generator (`mmserve.sampling`), reading
+the row's logprobs from the raw logits first when it asked (`mmserve.logprobs`); and
 (d) hands each row its token (`mmserve.rows.Row`: text, stops, limits) and evicts the
 rows that finished or were cancelled from the cache at once.
+
+The n rows of one request (`submit_group`) are admitted together and prefilled once: their
+prompt is one row of the prefill, copied into each of them at the end (`mmserve.prefill`).
 
 Locking rules:
 - `_cond` guards `waiting` and `closed`. It is never held while the model runs.
@@ -27,56 +31,15 @@ from collections import deque
 import torch
 
 from .errors import BadRequest, Unavailable
-from .generation import eos_ids, left_pad
-from .kvcache import cache_bytes, keep_rows, merge, new_cache, per_token_bytes
-from .logprobs import capture, first_prompt_entry
+from .generation import eos_ids
+from .kvcache import cache_bytes, keep_rows, merge, per_token_bytes
+from .logprobs import capture
+from .prefill import Prefill, Seq
 from .rows import Row, Rows
 from .sampling import RowSampling, Sampler
 
 log = logging.getLogger("mmserve.engine")
 MB = 1024**2
-
-
-class Seq:
-    """A request inside the engine: its row, its sampler and its place in the cache."""
-
-    __slots__ = ("row", "sampler", "prompt", "reserve", "deadline", "length", "last", "group")
-
-    def __init__(self, row: Row, sampler: Sampler, prompt: torch.Tensor, reserve: int, deadline):
-        self.row = row
-        self.group: list[Seq] = [self]  # the n siblings sharing this prompt, admitted together
-        self.sampler = sampler
-        self.prompt = prompt  # (prompt_tokens,) ids on the model's device
-        self.reserve = reserve  # tokens it may hold at most: prompt + max new tokens
-        self.deadline = deadline
-        self.length = 0  # its real tokens in the cache
-        self.last: int | None = None  # its latest token, not in the cache yet
-
-    def history(self) -> torch.Tensor:
-        """(1, L): prompt and generated ids, what processors such as penalties read."""
-        done = torch.tensor(self.row.completion_ids, dtype=torch.long, device=self.prompt.device)
-        return torch.cat([self.prompt, done])[None]
-
-
-class Prefill:
-    """A group of admitted requests prefilled together, chunk by chunk, in its own cache.
-
-    Siblings (the n choices of one request) share one prefill row: `source[i]` is the row
-    of the prefill that seq i reads; the cache is expanded to one row per seq at the end.
-    """
-
-    def __init__(self, seqs: list[Seq], pad_id: int, config):
-        self.seqs = seqs
-        heads: dict[int, int] = {}
-        self.source = [heads.setdefault(id(s.group[0]), len(heads)) for s in seqs]
-        firsts = list({id(s.group[0]): s for s in seqs}.values())
-        self.ids, self.mask = left_pad([s.prompt for s in firsts], pad_id, seqs[0].prompt.device)
-        self.firsts = firsts
-        self.scored = any(s.sampler.prompt_logprobs is not None for s in firsts)
-        self.pos = self.mask.cumsum(-1) - 1
-        self.pos.masked_fill_(self.mask == 0, 1)  # as generate does for left padding
-        self.cache = new_cache(config)
-        self.offset = 0
 
 
 class TextEngine:
@@ -258,7 +221,7 @@ class TextEngine:
         args = (job.ids[:, sl], job.mask[:, :end], job.pos[:, sl], job.cache)
         logits = self._forward(*args, every=True) if job.scored else self._forward(*args)
         if job.scored:
-            self._score_prompt(job, logits, job.offset)
+            job.score(self.lm.tokenizer, logits)
             logits = logits[:, -1, :]
         job.offset = end
         if end < width:
@@ -299,21 +262,6 @@ class TextEngine:
         if s.sampler.logprobs is None:
             return None
         return capture(self.lm.tokenizer, logits, token, s.sampler.logprobs)
-
-    def _score_prompt(self, job: Prefill, logits: torch.Tensor, offset: int) -> None:
-        """Prompt logprobs from one chunk's logits (rows, chunk, vocab): the logits at padded
-        column j score the token at column j + 1; the first real token gets null."""
-        tok, width = self.lm.tokenizer, job.ids.shape[1]
-        for r, s in enumerate(job.firsts):
-            top = s.sampler.prompt_logprobs
-            if top is None:
-                continue
-            start = width - int(s.prompt.shape[0])
-            if s.row.prompt_logprobs is None:
-                s.row.prompt_logprobs = [first_prompt_entry(tok, int(job.ids[r, start]))]
-            for j in range(max(offset, start), min(offset + logits.shape[1], width - 1)):
-                token = int(job.ids[r, j + 1])
-                s.row.prompt_logprobs.append(capture(tok, logits[r, j - offset], token, top))
 
     def _drop_done(self) -> None:
         """Evict rows that finished, failed or were cancelled (≤ 1 token after a cancel)."""
