@@ -263,3 +263,15 @@ def test_reasoning_switch_and_earlier_reasoning_reach_only_templates_that_read_t
     TextHandler().render_prompt(plain, req)
     assert "enable_thinking" not in plain.seen
     assert "reasoning_content" not in plain.seen["messages"][1]
+
+
+def test_more_prompts_than_the_batch_all_answer(make_app):
+    """Prompts are started a batch at a time: more of them than the model runs at once still
+    answer (their leases are never all held while a later one waits for a turn)."""
+    from tests.conftest import tiny_entry
+
+    client = make_app([tiny_entry("tiny_text")], batch_max_size=2).test_client()
+    r = client.post("/v1/completions", json={"model": "tiny_text", "prompt": ["a", "b", "c", "d",
+                                             "e"], "max_tokens": 2})  # fmt: skip
+    assert r.status_code == 200, r.get_json()
+    assert [c["index"] for c in r.get_json()["choices"]] == [0, 1, 2, 3, 4]

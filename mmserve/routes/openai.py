@@ -302,7 +302,10 @@ def completions():
         req = call.requests[0]
         events, source, prefix = open_stream(rt, req, req.messages[0].parts[0].field)
         return _streamed(_completion_events(call, events), source, prefix)
-    results = _generate_all(rt.service, call.requests)
+    window = rt.manager.concurrency(g.model)
+    results = []
+    for at in range(0, len(call.requests), window):
+        results += _generate_all(rt.service, call.requests[at : at + window])
     g.tokens = sum(r.completion_tokens for r in results)
     n = call.requests[0].params.n
     choices = []
@@ -318,7 +321,9 @@ def completions():
 
 def _generate_all(service, requests) -> list:
     """Every prompt's result. All are started (checked, prepared, queued) before any is
-    read, so a bad prompt is a 400 before anything generates and the prompts share a batch."""
+    read, so a bad prompt is a 400 before anything generates and the prompts share a batch;
+    the caller passes at most as many as the model runs at once (each holds a lease until
+    it is read)."""
     streams = []
     try:
         for req in requests:
