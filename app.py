@@ -12,7 +12,7 @@ from flask import Flask
 from mmserve import http
 from mmserve.logs import setup_logging
 from mmserve.metrics import bp as metrics_bp
-from mmserve.routes import admin, docs, native, openai
+from mmserve.routes import admin, anthropic, docs, native, openai, responses
 from mmserve.runtime import build_runtime
 from mmserve.settings import Settings
 from mmserve.ui import bp as ui_bp
@@ -74,6 +74,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(native.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(openai.bp)
+    app.register_blueprint(anthropic.bp)
+    app.register_blueprint(responses.bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(ui_bp)
     docs.install(app)

@@ -4,9 +4,13 @@ Each step the engine (a) admits waiting requests while there are free rows and K
 budget, prefilling them as one left-padded group in chunks of about `prefill_chunk`
 tokens (one chunk per step, so running rows wait one chunk at most) and then merging
 their KV into the running batch; (b) runs one decode forward for every running row;
-(c) samples each row with its own processors and generator (`mmserve.sampling`); and
+(c) samples each row with its own processors and generator (`mmserve.sampling`), reading
+the row's logprobs from the raw logits first when it asked (`mmserve.logprobs`); and
 (d) hands each row its token (`mmserve.rows.Row`: text, stops, limits) and evicts the
 rows that finished or were cancelled from the cache at once.
+
+The n rows of one request (`submit_group`) are admitted together and prefilled once: their
+prompt is one row of the prefill, copied into each of them at the end (`mmserve.prefill`).
 
 Locking rules:
 - `_cond` guards `waiting` and `closed`. It is never held while the model runs.
@@ -27,45 +31,15 @@ from collections import deque
 import torch
 
 from .errors import BadRequest, Unavailable
-from .generation import eos_ids, left_pad
-from .kvcache import cache_bytes, keep_rows, merge, new_cache, per_token_bytes
-from .rows import Row
+from .generation import eos_ids
+from .kvcache import cache_bytes, keep_rows, merge, per_token_bytes
+from .logprobs import capture
+from .prefill import Prefill, Seq
+from .rows import Row, Rows
 from .sampling import RowSampling, Sampler
 
 log = logging.getLogger("mmserve.engine")
 MB = 1024**2
-
-
-class Seq:
-    """A request inside the engine: its row, its sampler and its place in the cache."""
-
-    __slots__ = ("row", "sampler", "prompt", "reserve", "deadline", "length", "last")
-
-    def __init__(self, row: Row, sampler: Sampler, prompt: torch.Tensor, reserve: int, deadline):
-        self.row = row
-        self.sampler = sampler
-        self.prompt = prompt  # (prompt_tokens,) ids on the model's device
-        self.reserve = reserve  # tokens it may hold at most: prompt + max new tokens
-        self.deadline = deadline
-        self.length = 0  # its real tokens in the cache
-        self.last: int | None = None  # its latest token, not in the cache yet
-
-    def history(self) -> torch.Tensor:
-        """(1, L): prompt and generated ids, what processors such as penalties read."""
-        done = torch.tensor(self.row.completion_ids, dtype=torch.long, device=self.prompt.device)
-        return torch.cat([self.prompt, done])[None]
-
-
-class Prefill:
-    """A group of admitted requests prefilled together, chunk by chunk, in its own cache."""
-
-    def __init__(self, seqs: list[Seq], pad_id: int, config):
-        self.seqs = seqs
-        self.ids, self.mask = left_pad([s.prompt for s in seqs], pad_id, seqs[0].prompt.device)
-        self.pos = self.mask.cumsum(-1) - 1
-        self.pos.masked_fill_(self.mask == 0, 1)  # as generate does for left padding
-        self.cache = new_cache(config)
-        self.offset = 0
 
 
 class TextEngine:
@@ -100,9 +74,14 @@ class TextEngine:
     # --- any thread -------------------------------------------------------
     def submit(self, prepared, sampling: RowSampling, cancel: threading.Event) -> Row:
         """Queue one request; its Row at once. BadRequest if it can never fit the KV budget."""
+        return self.submit_group(prepared, [sampling], cancel).rows[0]
+
+    def submit_group(self, prepared, samplings: list[RowSampling], cancel) -> Rows:
+        """Queue one request with one row per sampling (its n choices), prefilled once and
+        admitted together; BadRequest if they can never fit the KV budget."""
         prompt = prepared.inputs["input_ids"][0]
-        reserve = int(prompt.shape[0]) + sampling.max_new_tokens
-        if reserve * self.per_token > self.kv_budget:
+        reserve = int(prompt.shape[0]) + samplings[0].max_new_tokens
+        if len(samplings) * reserve * self.per_token > self.kv_budget:
             raise BadRequest(
                 f"prompt and max tokens ({reserve} tokens) need "
                 f"{reserve * self.per_token / MB:.1f} MB of KV cache; model '{self.name}' has "
@@ -110,15 +89,20 @@ class TextEngine:
                 param="max_tokens",
                 code="limit_exceeded",
             )
-        row = Row(self.lm.tokenizer, self.eos, sampling.max_new_tokens, sampling.stop, cancel)
-        sampler = Sampler(sampling, self.model.device)
-        seq = Seq(row, sampler, prompt, reserve, time.monotonic() + self.queue_timeout)
+        sink, seqs, deadline = Rows.sink(), [], time.monotonic() + self.queue_timeout
+        for i, sampling in enumerate(samplings):
+            tok, stop = self.lm.tokenizer, sampling.stop
+            row = Row(tok, self.eos, sampling.max_new_tokens, stop, cancel, sink, i)
+            sampler = Sampler(sampling, self.model.device, int(prompt.shape[0]))
+            seqs.append(Seq(row, sampler, prompt, reserve, deadline))
+        for s in seqs:
+            s.group = seqs
         with self._cond:
             if self.closed:
                 raise Unavailable(f"model '{self.name}' is unloading; try again")
-            self.waiting.append(seq)
+            self.waiting.extend(seqs)
             self._cond.notify()
-        return row
+        return Rows([s.row for s in seqs], sink)
 
     def cache_bytes(self) -> int:
         """Bytes the KV cache holds now (running rows and a prefill in progress)."""
@@ -203,22 +187,30 @@ class TextEngine:
         if self.job is not None:
             return []  # one prefill group at a time
         taken: list[Seq] = []
-        while self.waiting and len(self.running) + len(taken) < self.max_rows:
-            if self._reserved(self.running + taken + [self.waiting[0]]) > self.kv_budget:
+        while self.waiting:
+            group = [s for s in self.waiting[0].group if s in self.waiting]
+            rows = len(self.running) + len(taken) + len(group)
+            # A group larger than the batch still runs, alone.
+            if rows > self.max_rows and (self.running or taken):
+                break
+            if self._reserved(self.running + taken + group) > self.kv_budget:
                 break  # the oldest waits for room; later ones do not overtake it
-            taken.append(self.waiting.popleft())
+            for s in group:
+                self.waiting.remove(s)
+            taken.extend(group)
         return taken
 
-    def _forward(self, ids, mask, pos, cache):
+    def _forward(self, ids, mask, pos, cache, every: bool = False):
+        """Logits of the last position (rows, vocab), or of every position when `every`."""
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=pos,
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=0 if every else 1,
         )
-        return out.logits[:, -1, :]
+        return out.logits if every else out.logits[:, -1, :]
 
     def _prefill_step(self) -> None:
         """One chunk of the prefill group; after the last one its rows join the batch."""
@@ -226,17 +218,25 @@ class TextEngine:
         rows, width = job.ids.shape
         end = min(width, job.offset + max(16, self.prefill_chunk // rows))
         sl = slice(job.offset, end)
-        logits = self._forward(job.ids[:, sl], job.mask[:, :end], job.pos[:, sl], job.cache)
+        args = (job.ids[:, sl], job.mask[:, :end], job.pos[:, sl], job.cache)
+        logits = self._forward(*args, every=True) if job.scored else self._forward(*args)
+        if job.scored:
+            job.score(self.lm.tokenizer, logits)
+            logits = logits[:, -1, :]
         job.offset = end
         if end < width:
             return
         self.job = None
-        keep = []
-        for i, (s, token) in enumerate(zip(job.seqs, self._sample(job.seqs, logits), strict=True)):
+        logits = logits[job.source]  # one row per seq: siblings read their prompt's row
+        keep, sampled = [], self._sample(job.seqs, logits)
+        for i, (s, token) in enumerate(zip(job.seqs, sampled, strict=True)):
             s.length, s.last = int(s.prompt.shape[0]), token
-            if not s.row.push(token):
+            s.row.prompt_logprobs = s.group[0].row.prompt_logprobs
+            if s.row.max_new_tokens == 0:
+                s.row.finish("length")  # scoring only (echo with max_tokens 0)
+            elif not s.row.push(token, self._entry(s, logits[i], token)):
                 keep.append(i)
-        cache, mask = keep_rows(job.cache, job.mask, keep)
+        cache, mask = keep_rows(job.cache, job.mask, [job.source[i] for i in keep])
         if cache is not None:
             self.cache, self.mask = merge(self.cache, self.mask, cache, mask)
             self.running.extend(job.seqs[i] for i in keep)
@@ -251,11 +251,17 @@ class TextEngine:
         self.mask = mask
         self.steps += 1
         self.sizes.append(len(seqs))
-        for s, token in zip(seqs, self._sample(seqs, logits), strict=True):
+        for i, (s, token) in enumerate(zip(seqs, self._sample(seqs, logits), strict=True)):
             s.length += 1
             s.last = token
-            s.row.push(token)
+            s.row.push(token, self._entry(s, logits[i], token))
         self._drop_done()
+
+    def _entry(self, s: Seq, logits: torch.Tensor, token: int):
+        """The token's TokenLogprob from the raw logits (vocab,), when the row asked."""
+        if s.sampler.logprobs is None:
+            return None
+        return capture(self.lm.tokenizer, logits, token, s.sampler.logprobs)
 
     def _drop_done(self) -> None:
         """Evict rows that finished, failed or were cancelled (≤ 1 token after a cancel)."""

@@ -7,6 +7,18 @@ import logging
 log = logging.getLogger("mmserve.errors")
 
 
+# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
 class ServerError(Exception):
     """Base of every error a route may answer with.
 
@@ -56,6 +68,12 @@ class ServerError(Exception):
                 "code": self.code,
             }
         }
+
+    def anthropic_body(self) -> dict:
+        """Anthropic's envelope: {"type": "error", "error": {"type", "message"}}."""
+        default = "api_error" if self.status >= 500 else "invalid_request_error"
+        kind = _ANTHROPIC_TYPES.get(self.status, default)
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
 
 
 class BadRequest(ServerError):

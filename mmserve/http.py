@@ -23,9 +23,16 @@ def is_openai_path(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
+ANTHROPIC_PATHS = ("/v1/messages",)
+
+
 def render_error(err: ServerError):
-    """The error in the envelope of the route family: OpenAI under /v1, native elsewhere."""
-    body = err.openai_body() if is_openai_path(request.path) else err.native_body()
+    """The error in the envelope of the route family: Anthropic's on /v1/messages, OpenAI's
+    elsewhere under /v1, native elsewhere."""
+    if request.path in ANTHROPIC_PATHS:
+        body = err.anthropic_body()
+    else:
+        body = err.openai_body() if is_openai_path(request.path) else err.native_body()
     response = jsonify(body)
     response.status_code = err.status
     for key, value in err.headers.items():

@@ -75,12 +75,12 @@ def merge(a: DynamicCache | None, mask_a, b: DynamicCache, mask_b):
 
 
 def keep_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int]):
-    """Only the rows `keep` (in that order); columns that are padding in every row left
+    """Only the rows `keep` (in that order; a row named twice is copied); columns that are padding in every row left
     go too, so the cache is as wide as its longest row. Returns (cache, mask), or
     (None, None) when no row is left (the tensors are freed)."""
     if not keep:
         return None, None
-    if len(keep) < mask.shape[0]:
+    if keep != list(range(mask.shape[0])):
         index = torch.tensor(keep, device=mask.device)
         cache.batch_select_indices(index)
         mask = mask[index]

@@ -327,6 +327,14 @@ class ModelManager:
             return slot.spec.keep_alive
         return self.settings.default_keep_alive
 
+    def concurrency(self, name: str) -> int:
+        """Generations the model takes at once (leases held together never wait on each
+        other up to this many)."""
+        slot = self._slots.get(name)
+        if slot is None:
+            raise ModelNotFound(name)
+        return self._concurrency(slot)
+
     def _concurrency(self, slot: Slot) -> int:
         """Generations at once on one model: a family that batches admits a whole batch."""
         s = self.settings

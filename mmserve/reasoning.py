@@ -105,3 +105,19 @@ def split_reasoning(text: str, start_in_reasoning: bool | None = None) -> tuple[
     reasoning = "".join(t for k, t in pieces if k == REASONING)
     content = "".join(t for k, t in pieces if k == CONTENT)
     return (reasoning or None), content
+
+
+EFFORTS = ("none", "minimal", "low", "medium", "high")
+
+
+def thinking_switch(enabled: bool | None) -> dict:
+    """Chat-template kwargs that turn a model's thinking on or off (`enable_thinking`, read
+    by Qwen3-style templates; templates without it never see it). None: the template's own
+    default."""
+    return {} if enabled is None else {"enable_thinking": bool(enabled)}
+
+
+def effort_switch(effort: str | None) -> dict:
+    """`reasoning_effort` as a thinking switch: none/minimal turn thinking off, low/medium/
+    high on. The level itself has no equivalent in open models' templates and is ignored."""
+    return thinking_switch(None if effort is None else effort not in ("none", "minimal"))

@@ -15,8 +15,36 @@ import queue
 import threading
 import time
 
-_END = object()
 REPLACEMENT = "\ufffd"  # what a decoder writes for bytes that are not (yet) a whole character
+
+
+class Delta(str):
+    """A piece of one row's text (a str, so text-only readers need nothing else), with the
+    row's index among the request's n choices (`choice`) and the `logprobs` of the tokens whose
+    text it completes (None when the request did not ask for them)."""
+
+    choice: int = 0
+    logprobs: list | None = None
+
+    @classmethod
+    def of(cls, text: str, choice: int, logprobs: list | None) -> Delta:
+        out = cls(text)
+        out.choice, out.logprobs = choice, logprobs
+        return out
+
+
+def choice_of(piece: str) -> tuple[int, list | None]:
+    """(choice index, logprobs) of a text piece; a plain str is choice 0 without logprobs."""
+    if isinstance(piece, Delta):
+        return piece.choice, piece.logprobs
+    return 0, None
+
+
+class _End:
+    """The last item a row puts in its queue."""
+
+    def __init__(self, index: int):
+        self.index = index
 
 
 class StopText:
@@ -28,6 +56,7 @@ class StopText:
         self.buffer = ""
         self.emitted = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, text: str) -> str:
         """Text safe to emit now."""
@@ -36,6 +65,7 @@ class StopText:
         self.buffer += text
         cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
+            self.matched = next(s for s in self.stops if self.buffer.find(s) == cut)
             out, self.buffer, self.stopped = self.buffer[:cut], "", True
         elif self.hold and len(self.buffer) > self.hold:
             out, self.buffer = self.buffer[: -self.hold], self.buffer[-self.hold :]
@@ -92,7 +122,11 @@ class Detokenizer:
 class Row:
     """The output of one request: feed token ids with `push`; read text with `deltas`."""
 
-    def __init__(self, tokenizer, eos: set[int], max_new_tokens: int, stops, cancel):
+    def __init__(
+        self, tokenizer, eos: set[int], max_new_tokens: int, stops, cancel, sink=None, index=0
+    ):
+        self.tokenizer = tokenizer
+        self.index = index
         self.detok = Detokenizer(tokenizer)
         self.cut = StopText(list(stops or ()))
         self.eos = eos
@@ -108,11 +142,16 @@ class Row:
         self.hold_end = False
         self._ended = False
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # Siblings (the n choices of one request) share one queue, the `sink`.
+        self._queue: queue.SimpleQueue = sink if sink is not None else queue.SimpleQueue()
+        self.logprobs: list | None = None  # TokenLogprob of each token whose text was sent
+        self._pending: list = []  # ... of tokens whose text is still held back
+        self.prompt_logprobs: list | None = None  # set by the engine when asked for
 
     # --- producer side ------------------------------------------------------
-    def push(self, token: int) -> bool:
-        """Add one generated token; True once the row has finished (now or before)."""
+    def push(self, token: int, logprob=None) -> bool:
+        """Add one generated token (and its TokenLogprob when asked for); True once the row
+        has finished (now or before)."""
         if self.done.is_set():
             return True
         self.completion_ids.append(int(token))
@@ -120,6 +159,8 @@ class Row:
         if token in self.eos:
             reason = "stop"
         else:
+            if logprob is not None:
+                self._pending.append(logprob)
             self._emit(self.cut.feed(self.detok.add(int(token))))
             if self.cut.stopped:
                 reason = "stop"
@@ -139,6 +180,8 @@ class Row:
             if not self.cut.stopped:
                 self._emit(self.cut.feed(self.detok.flush()))
                 self._emit(self.cut.flush())
+                if self._pending:  # tokens that added no text (a dropped half character)
+                    self._emit("", force=True)
             self.finish_reason = "stop" if self.cut.stopped else reason
             self._close()
 
@@ -150,11 +193,15 @@ class Row:
             self.error = error
             self._close()
 
-    def _emit(self, piece: str) -> None:
-        if piece:
+    def _emit(self, piece: str, force: bool = False) -> None:
+        if piece or force:
             if self.first_token_at is None:
                 self.first_token_at = time.monotonic()
-            self._queue.put(piece)
+            entries = None
+            if self._pending:
+                entries, self._pending = self._pending, []
+                self.logprobs = (self.logprobs or []) + entries
+            self._queue.put(Delta.of(piece, self.index, entries))
 
     def _close(self) -> None:
         self.done.set()
@@ -164,7 +211,7 @@ class Row:
     def _end(self) -> None:
         if not self._ended:
             self._ended = True
-            self._queue.put(_END)
+            self._queue.put(_End(self.index))
 
     def release(self) -> None:
         """Let the reader see the end of a row held by `hold_end` (ends it if still open)."""
@@ -182,7 +229,7 @@ class Row:
         """Text pieces as they come; raises the row's error at the end if it failed."""
         while True:
             item = self._queue.get()
-            if item is _END:
+            if isinstance(item, _End):
                 break
             yield item
         if self.error is not None:
@@ -190,3 +237,54 @@ class Row:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.done.wait(timeout)
+
+
+class Rows:
+    """The n rows of one request, read as one: deltas of every row from their shared queue
+    (each a `Delta` naming its row's index), in the order the engine produced them."""
+
+    def __init__(self, rows: list[Row], sink: queue.SimpleQueue):
+        self.rows = rows
+        self._queue = sink
+        self.cancel_event: threading.Event = rows[0].cancel_event
+
+    @staticmethod
+    def sink() -> queue.SimpleQueue:
+        return queue.SimpleQueue()
+
+    def deltas(self):
+        """Every row's pieces; raises the first error at the end if a row failed."""
+        open_rows = len(self.rows)
+        while open_rows:
+            item = self._queue.get()
+            if isinstance(item, _End):
+                open_rows -= 1
+            else:
+                yield item
+        for row in self.rows:
+            if row.error is not None:
+                raise row.error
+
+    def all_done(self) -> bool:
+        return all(r.done.is_set() for r in self.rows)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return all(r.wait(timeout) for r in self.rows)
+
+    def fail(self, error: BaseException) -> None:
+        for row in self.rows:
+            row.fail(error)
+
+    @property
+    def text(self) -> str:
+        """Text emitted by any row so far ('' when none has sent any)."""
+        return "".join(r.text for r in self.rows)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(r.completion_ids) for r in self.rows)
+
+    @property
+    def first_token_at(self) -> float | None:
+        times = [r.first_token_at for r in self.rows if r.first_token_at is not None]
+        return min(times) if times else None

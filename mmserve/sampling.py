@@ -4,14 +4,16 @@ Every request samples with its own `torch.Generator` (seeded from `seed`, else f
 OS), so no request reads or changes the process-wide RNG that other requests use, and a
 seeded request draws the same numbers alone or inside any batch. The processors are a
 plain list per row (transformers' `LogitsProcessor` interface: `(input_ids, scores) ->
-scores`), so penalties, `logit_bias` and logprobs hooks plug in per row. A row's grammar
-(`RowSampling.constraint`, `mmserve.grammar`) masks its logits before the processors and
-hears the token picked, so rows with different grammars and free rows share one batch.
+scores`), in this order: `logit_bias`, presence/frequency penalties, repetition penalty,
+temperature, top-k, top-p. Logprobs are read before all of them (`mmserve.logprobs`). A
+row's grammar (`RowSampling.constraint`, `mmserve.grammar`) masks its logits before the
+processors and hears the token picked, so rows with different grammars and free rows share
+one batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import (
@@ -37,6 +39,11 @@ class RowSampling:
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # capture the chosen token's logprob and this many top ones
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (echo)
     # mmserve.grammar.Constraint: each Sampler made from this gets a fresh matcher of it.
     constraint: object | None = None
 
@@ -61,15 +68,65 @@ def row_sampling(defaults: dict, params: SamplingParams, limit: int) -> RowSampl
         out.top_k = int(top_k) if top_k is not None else None
     rep = params.repetition_penalty or defaults.get("repetition_penalty")
     out.repetition_penalty = float(rep) if rep else None
+    out.presence_penalty = float(params.presence_penalty or 0.0)
+    out.frequency_penalty = float(params.frequency_penalty or 0.0)
+    out.logit_bias = dict(params.logit_bias or {})
+    out.logprobs, out.prompt_logprobs = params.logprobs, params.prompt_logprobs
     return out
+
+
+class OpenAIPenalties(LogitsProcessor):
+    """OpenAI's presence and frequency penalties over the tokens generated so far (not the
+    prompt): logit[j] -= frequency * count[j] + presence * (count[j] > 0).
+
+    `input_ids` is (1, L) prompt + generated; the first `prompt_len` columns are skipped.
+    """
+
+    def __init__(self, presence: float, frequency: float, prompt_len: int):
+        self.presence, self.frequency, self.prompt_len = presence, frequency, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        done = input_ids[:, self.prompt_len :]
+        if done.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, done, torch.ones_like(done, dtype=scores.dtype)
+        )
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+class LogitBias(LogitsProcessor):
+    """OpenAI's `logit_bias`: a fixed value added to the logits of some token ids."""
+
+    def __init__(self, bias: dict[int, float]):
+        self.ids = list(bias)
+        self.values = list(bias.values())
+        self._tensors = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._tensors is None or self._tensors[0].device != scores.device:
+            ids = torch.tensor(self.ids, dtype=torch.long, device=scores.device)
+            self._tensors = ids, torch.tensor(self.values, dtype=scores.dtype, device=scores.device)
+        ids, values = self._tensors
+        scores = scores.clone()
+        scores[:, ids] += values
+        return scores
 
 
 class Sampler:
     """Picks one row's next token: its processors, then argmax or a draw from its generator."""
 
-    def __init__(self, sampling: RowSampling, device="cpu"):
+    def __init__(self, sampling: RowSampling, device="cpu", prompt_len: int = 0):
         self.greedy = not sampling.temperature
+        self.logprobs = sampling.logprobs
+        self.prompt_logprobs = sampling.prompt_logprobs
         self.processors = LogitsProcessorList()
+        if sampling.logit_bias:
+            self.processors.append(LogitBias(sampling.logit_bias))
+        if sampling.presence_penalty or sampling.frequency_penalty:
+            self.processors.append(
+                OpenAIPenalties(sampling.presence_penalty, sampling.frequency_penalty, prompt_len)
+            )
         if sampling.repetition_penalty and sampling.repetition_penalty != 1.0:
             self.processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
         if not self.greedy:

@@ -15,31 +15,53 @@ import queue
 import threading
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
-from .errors import Unavailable
+from .errors import BadRequest, Unavailable
 from .generation import eos_ids
-from .rows import Row
+from .logprobs import capture
+from .rows import Row, Rows
 from .sampling import RowSampling, SampleInGenerate, Sampler
 
 log = logging.getLogger("mmserve.serial")
 _STOP = object()
 
 
-class IdStreamer(BaseStreamer):
-    """Hands each new token id to the row; the first `put` (the prompt) is skipped."""
+class KeepScores(LogitsProcessor):
+    """Keeps the raw logits of the latest step (first in the list) for the row's logprobs."""
 
-    def __init__(self, row: Row, skip_first: bool):
+    def __init__(self):
+        self.last = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.last = scores[0].clone()
+        return scores
+
+
+class IdStreamer(BaseStreamer):
+    """Hands each new token id to the row; the first `put` (the prompt) is skipped. With
+    `scores` (KeepScores) and `top` it also hands over each token's logprobs."""
+
+    def __init__(self, row: Row, skip_first: bool, scores: KeepScores | None = None, top=None):
         self.row = row
         self.skip = skip_first
+        self.scores, self.top = scores, top
 
     def put(self, value) -> None:
         if self.skip:
             self.skip = False
             return
         for token in value.reshape(-1).tolist():  # a batch of one
-            self.row.push(token)
+            entry = None
+            if self.scores is not None and self.scores.last is not None:
+                entry = capture(self.row.tokenizer, self.scores.last, token, self.top)
+            self.row.push(token, entry)
 
     def end(self) -> None:
         pass
@@ -72,14 +94,29 @@ class SerialEngine:
         self._thread.start()
 
     def submit(self, prepared, sampling: RowSampling, cancel: threading.Event) -> Row:
-        row = Row(self.lm.tokenizer, self.eos, sampling.max_new_tokens, sampling.stop, cancel)
-        row.hold_end = True  # generate may still produce extras (speech) after the text
+        return self.submit_group(prepared, [sampling], cancel).rows[0]
+
+    def submit_group(self, prepared, samplings: list[RowSampling], cancel) -> Rows:
+        """One row per sampling (the request's n choices), generated one after the other."""
+        if samplings[0].prompt_logprobs is not None or samplings[0].max_new_tokens == 0:
+            raise BadRequest(
+                f"model '{self.name}' does not run on the batching engine, which scores "
+                "prompts: echo with logprobs or max_tokens 0 is not available for it",
+                param="echo",
+            )
+        sink, rows = Rows.sink(), []
+        for i, sampling in enumerate(samplings):
+            tok = self.lm.tokenizer
+            row = Row(tok, self.eos, sampling.max_new_tokens, sampling.stop, cancel, sink, i)
+            row.hold_end = True  # generate may still produce extras (speech) after the text
+            rows.append(row)
         with self._lock:
             if self.closed:
                 raise Unavailable(f"model '{self.name}' is unloading; try again")
-            self._open.add(row)
-        self._jobs.put((prepared, sampling, row))
-        return row
+            self._open.update(rows)
+        for sampling, row in zip(samplings, rows, strict=True):
+            self._jobs.put((prepared, sampling, row))
+        return Rows(rows, sink)
 
     def cache_bytes(self) -> int:
         return 0  # generate's own cache lives inside the call
@@ -120,7 +157,9 @@ class SerialEngine:
 
     def _run(self, prepared, sampling: RowSampling, row: Row) -> None:
         lm = self.lm
-        sampler = Sampler(sampling, lm.model.device)
+        sampler = Sampler(sampling, lm.model.device, prepared.prompt_tokens)
+        keep = KeepScores() if sampling.logprobs is not None else None
+        streamer = IdStreamer(row, lm.handler.strips_prompt_in_stream(), keep, sampling.logprobs)
         kwargs = {
             "max_new_tokens": sampling.max_new_tokens,
             "do_sample": False,  # the row's sampler draws; generate takes its pick
@@ -128,10 +167,13 @@ class SerialEngine:
             "top_p": None,
             "top_k": None,
             "stopping_criteria": StoppingCriteriaList([RowEnded(row)]),
-            "streamer": IdStreamer(row, lm.handler.strips_prompt_in_stream()),
+            "streamer": streamer,
         }
+        processors = [keep] if keep is not None else []
         if not sampler.plain_greedy:
-            kwargs["logits_processor"] = LogitsProcessorList([SampleInGenerate(sampler)])
+            processors.append(SampleInGenerate(sampler))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         self.calls += 1
         lm.handler.generate(lm, prepared, kwargs)
         if not row.done.is_set():

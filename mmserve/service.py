@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -14,7 +15,7 @@ from .families.rules import check_media, prepare_inputs
 from .limits import check_prompt, prompt_param
 from .sampling import row_sampling
 from .tools import output_spec, parse_calls, tool_format
-from .types import GenerationRequest, GenerationResult
+from .types import Choice, GenerationRequest, GenerationResult
 
 log = logging.getLogger("mmserve.service")
 
@@ -77,15 +78,28 @@ class InferenceService:
                 param="max_tokens",
                 code="limit_exceeded",
             )
+        if req.prompt_ids is not None and not handler.token_prompts:
+            raise BadRequest(
+                f"model '{spec.name}' does not take token-id prompts; send the prompt as text",
+                param="prompt",
+            )
         handler.check_request(spec, req)
         check_media(req, handler.media_rules(spec, spec.path(self.settings.models_dir)))
         return spec
 
     def _prepare(self, lm, req: GenerationRequest):
-        """Model inputs and the request's sampling, its max tokens fitted to the context
-        (`mmserve.limits.check_prompt`, the one place of the prompt-length rules; the context
-        is read once per loaded model, `LoadedModel.context`)."""
+        """Model inputs and one sampling per choice (n; a seed s gives the rows s, s+1, ...),
+        max tokens fitted to the context (`mmserve.limits.check_prompt`, the one place of the
+        prompt-length rules; the context is read once per loaded model, `LoadedModel.context`).
+        `max_tokens` 0 (scoring a prompt, with echo) generates nothing."""
         prepared = prepare_inputs(lm, req)
+        vocab = len(lm.tokenizer)
+        for token in req.params.logit_bias:
+            if not 0 <= token < vocab:
+                raise BadRequest(
+                    f"logit_bias names token {token}, outside the vocabulary (0..{vocab - 1})",
+                    param=f"logit_bias.{token}",
+                )
         sampling = row_sampling(lm.spec.generation, req.params, self.settings.max_new_tokens_limit)
         sampling.max_new_tokens = check_prompt(
             prepared.prompt_tokens,
@@ -96,8 +110,14 @@ class InferenceService:
             prompt_param(req),
             lm.handler.completion_in_context,
         )
+        if req.params.max_new_tokens == 0:
+            sampling.max_new_tokens = 0
         sampling.constraint = self._constraint(lm, req)
-        return prepared, sampling
+        samplings = [sampling]
+        for i in range(1, max(1, req.params.n)):
+            seed = None if sampling.seed is None else sampling.seed + i
+            samplings.append(dataclasses.replace(sampling, seed=seed))
+        return prepared, samplings
 
     @staticmethod
     def _constraint(lm, req: GenerationRequest):
@@ -112,19 +132,27 @@ class InferenceService:
         think = "inside" if lm.spec.reasoning else "may"
         return build_constraint(spec, lm.tokenizer, logits_size(lm), eos_ids(lm), think)
 
-    def _result(self, lm, req, prepared, row, started, extras=None):
+    def _result(self, lm, req, prepared, rows, started, extras=None):
         extras = extras or {}
         spec = lm.spec
-        first_at = row.first_token_at
-        text, calls = row.text, None
-        if req.tools and req.tool_choice != "none":
-            text, calls = parse_calls(row.text, req.tools, tool_format(lm.tokenizer))
+        first_at = rows.first_token_at
+        choices = [
+            Choice(i, r.text, len(r.completion_ids), r.finish_reason or "stop", r.logprobs,
+                   r.cut.matched)  # fmt: skip
+            for i, r in enumerate(rows.rows)
+        ]
+        for c in choices:
+            if req.params.logprobs is not None:
+                c.logprobs = c.logprobs or []
+            if req.tools and req.tool_choice != "none":
+                c.text, calls = parse_calls(c.text, req.tools, tool_format(lm.tokenizer))
+                c.tool_calls = calls or None
         result = GenerationResult(
-            text=text,
-            tool_calls=calls or None,
+            text=choices[0].text,
+            tool_calls=choices[0].tool_calls,
             prompt_tokens=prepared.prompt_tokens,
-            completion_tokens=len(row.completion_ids),
-            finish_reason=row.finish_reason or "stop",
+            completion_tokens=rows.completion_tokens,
+            finish_reason=choices[0].finish_reason,
             model=spec.name,
             model_type=spec.family,
             generation_method=extras.pop("generation_method", lm.plan.device),
@@ -132,6 +160,9 @@ class InferenceService:
             audio_wav_base64=extras.get("audio_wav_base64"),
             seconds=time.monotonic() - started,
             first_token_seconds=(first_at - started) if first_at else None,
+            choices=choices,
+            prompt_text=prepared.extra.get("prompt_text"),
+            prompt_logprobs=rows.rows[0].prompt_logprobs,
         )
         if self.hooks is not None:
             self.hooks.on_generation(result)
@@ -160,12 +191,12 @@ class InferenceService:
         cancel = threading.Event()
         try:
             lm = lease.model
-            prepared, sampling = self._prepare(lm, req)
-            row = self._submit(lm.engine, prepared, sampling, cancel)
+            prepared, samplings = self._prepare(lm, req)
+            row = self._submit(lm.engine, prepared, samplings, cancel)
         except BaseException:
             lease.release()
             raise
-        gen = self._stream_iter(lease, lm, req, prepared, sampling, row, started)
+        gen = self._stream_iter(lease, lm, req, prepared, samplings, row, started)
 
         def unstarted_close() -> None:  # the generator's `finally` never runs then
             cancel.set()
@@ -174,10 +205,11 @@ class InferenceService:
 
         return Stream(gen, unstarted_close)
 
-    def _submit(self, engine, prepared, sampling, cancel):
+    def _submit(self, engine, prepared, samplings, cancel):
+        """The request's rows (`mmserve.rows.Rows`), one per choice, queued on `engine`."""
         if self.shutting_down:
             raise Unavailable("server shutting down", code="shutting_down")
-        row = engine.submit(prepared, sampling, cancel)
+        row = engine.submit_group(prepared, samplings, cancel)
         with self._rows_lock:
             self._rows.add(row)
         return row
@@ -193,7 +225,7 @@ class InferenceService:
             row.fail(error)  # before the cancel event: the row must end as an error
             row.cancel_event.set()
 
-    def _stream_iter(self, lease, lm, req, prepared, sampling, row, started):
+    def _stream_iter(self, lease, lm, req, prepared, samplings, row, started):
         """The one generation loop. Out of memory before any text was sent: free idle
         models and retry once, then (GPU only) run on a CPU copy where that is allowed."""
         engine, own_engine, method = lm.engine, None, None
@@ -208,7 +240,7 @@ class InferenceService:
                     if early and attempt == 2 and self._may_fall_back(lm, exc):
                         lm, method = self._cpu_copy(lm), "cpu_fallback"
                         own_engine = engine = lm.handler.make_engine(lm, self.settings)
-                        prepared, sampling = self._prepare(lm, req)
+                        prepared, samplings = self._prepare(lm, req)
                     elif not early or attempt >= 2:
                         if is_oom(exc):
                             raise OutOfMemory(
@@ -219,17 +251,17 @@ class InferenceService:
                         log.warning("out of memory in %s; freeing memory and retrying", req.model)
                         self.manager.free_memory(exclude=req.model)
                     self._forget(row)
-                    row = self._submit(engine, prepared, sampling, cancel)
+                    row = self._submit(engine, prepared, samplings, cancel)
             extras = lm.handler.extras(lm, prepared, req)
             if method:
                 extras["generation_method"] = method
             yield self._result(lm, req, prepared, row, started, extras)
         finally:
-            if not row.done.is_set():
+            if not row.all_done():
                 cancel.set()  # the client went away or an error happened: stop the model
                 row.wait(timeout=self.settings.shutdown_timeout)
                 # One step per generated token, the first one being the prompt's pass.
-                steps = len(row.completion_ids)
+                steps = row.completion_tokens
                 log.info("stream for %s closed early after %d steps", req.model, steps)
             self._forget(row)
             if own_engine is not None:

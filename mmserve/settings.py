@@ -49,6 +49,7 @@ class Settings:
     max_new_tokens_limit: int = 4096
     max_prompt_tokens: int = 32768
     max_stop: int = 16  # stop strings per request
+    max_n: int = 8  # choices per request (`n`), rows of one batch sharing the prompt's prefill
     max_images: int = 8
     max_image_pixels: int = 16_000_000
     max_audio_seconds: float = 600.0
@@ -138,9 +139,13 @@ def _coerce(cls, key: str, value):
             return bool(value)
         if isinstance(default, int):
             number = int(value)
-            if key in ("text_cache_len", "max_stop", "prefill_chunk_tokens", "batch_max_size") and (
-                number < 1
-            ):
+            if key in (
+                "text_cache_len",
+                "max_stop",
+                "prefill_chunk_tokens",
+                "batch_max_size",
+                "max_n",
+            ) and (number < 1):
                 raise ValueError(key)
             return number
         if isinstance(default, float):

@@ -91,6 +91,10 @@ def chat_dicts(req, tokenizer, text_of=None) -> tuple[list[dict], list[dict] | N
                 )
         else:
             out.append({"role": m.role, "content": content})
+    if "reasoning_content" in template_of(tokenizer):  # one entry per message so far
+        for entry, m in zip(out, req.messages, strict=True):
+            if m.role == "assistant" and m.reasoning:
+                entry["reasoning_content"] = m.reasoning  # earlier reasoning, where it is read
     if not active(req):
         return out, None
     if native:

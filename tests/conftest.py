@@ -196,3 +196,26 @@ def live_server(tmp_path_factory, smollm2_models_dir):
     server = start_server(tmp, ["--models-dir", str(smollm2_models_dir)])
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def oa_server(tmp_path_factory, tiny_models_dir, smollm2_models_dir):
+    """ONE server whose models dir holds the tiny models and the real SmolLM2 (symlinked);
+    loopback is on the remote-media allow-list so the address check itself is exercised."""
+    import yaml
+
+    from mmserve.models_config import build_table
+
+    tmp = tmp_path_factory.mktemp("openai_live")
+    models = tmp / "models"
+    models.mkdir()
+    for name in TINY:
+        (models / name).symlink_to(tiny_models_dir / name, target_is_directory=True)
+    smollm2 = build_table()["smollm2"].local_dir
+    (models / smollm2).symlink_to(smollm2_models_dir / smollm2, target_is_directory=True)
+    config = tmp / "models.yaml"
+    config.write_text(yaml.safe_dump({"models": [tiny_entry(name) for name in TINY]}))
+    args = ["--models-dir", str(models), "--models-config", str(config)]
+    server = start_server(tmp, args, {"MMSERVE_REMOTE_MEDIA_HOSTS": "127.0.0.1 localhost"})
+    yield server
+    server.stop()

@@ -19,7 +19,7 @@ from mmserve.reasoning import CONTENT, REASONING, ReasoningSplitter, split_reaso
 from mmserve.routes import openai as routes
 from mmserve.schemas import openai as schema
 from mmserve.settings import Settings
-from mmserve.types import GenerationResult
+from mmserve.types import GenerationResult, SamplingParams
 from tests.factories.media import make_audio, make_image, make_video
 
 
@@ -189,7 +189,7 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
             },
             "messages[0].content[0]",
         ),
-        ({"n": 2}, "n"),
+        ({"n": 9}, "n"),
         ({"n": 0}, "n"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_completion_tokens": 10**9}, "max_completion_tokens"),
@@ -235,8 +235,11 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
             },
             "response_format.json_schema.schema",
         ),
-        ({"logprobs": True}, "logprobs"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"logit_bias": {"x": 1}}, "logit_bias.x"),
+        ({"logit_bias": {"5": 101}}, "logit_bias.5"),
         ({"reasoning_format": "xml"}, "reasoning_format"),
     ],
 )
@@ -381,14 +384,15 @@ def test_completion_prompts_are_raw_requests_with_indexed_fields(settings):
     "body, param",
     [
         ({}, "prompt"),
-        ({"prompt": [1, 2, 3]}, "prompt"),
-        ({"prompt": [[1, 2]]}, "prompt"),
+        ({"prompt": [[1, 2], []]}, "prompt[1]"),
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "a", "logprobs": 6}, "logprobs"),
+        ({"prompt": "a", "echo": True, "stream": True}, "echo"),
         ({"prompt": ["a", ""]}, "prompt[1]"),
         ({"prompt": ["a", "b"], "stream": True}, "prompt"),
         ({"prompt": ["a"] * 33}, "prompt"),
-        ({"prompt": "a", "echo": True}, "echo"),
         ({"prompt": "a", "best_of": 2}, "best_of"),
-        ({"prompt": "a", "n": 3}, "n"),
+        ({"prompt": "a", "n": 9}, "n"),
     ],
 )
 def test_bad_completion_bodies(settings, body, param):
@@ -551,15 +555,13 @@ def _events(lines):
 
 
 def _chat_call(include_usage=True, fmt="reasoning_content"):
-    req = SimpleNamespace(model="m")
+    req = SimpleNamespace(model="m", params=SamplingParams())
     return schema.ChatCall(req, True, include_usage, fmt)
 
 
 def test_chat_stream_chunks_role_deltas_finish_usage_done():
     source = iter(["<think>r</think>", "a", "b", _result(finish="cancelled")])
-    lines = list(
-        routes._chat_events(_chat_call(), source, ReasoningSplitter(), "reasoning_content")
-    )
+    lines = list(routes._chat_events(_chat_call(), source, False, "reasoning_content"))
     assert lines[-1] == routes.DONE
     events = _events(lines)
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -588,7 +590,7 @@ def test_error_after_the_stream_started_is_the_last_event():
 
 
 def test_completion_stream_chunks():
-    call = schema.CompletionCall([SimpleNamespace(model="m")], True, False)
+    call = schema.CompletionCall([SimpleNamespace(model="m", params=SamplingParams())], True, False)
     events = _events(routes._completion_events(call, iter(["x", _result()])))
     assert [e["choices"][0]["text"] for e in events] == ["x", ""]
     assert events[-1]["choices"][0]["finish_reason"] == "length" and "usage" not in events[-1]

@@ -45,6 +45,8 @@ class FamilyHandler:
     # False for encoder-decoder models (BLIP): the answer has its own positions, so only the
     # prompt must fit the context (mmserve.limits.check_prompt).
     completion_in_context = True
+    # True: a /v1/completions prompt may be token ids (`GenerationRequest.prompt_ids`).
+    token_prompts = False
 
     def load(self, spec: ModelSpec, path: Path, plan: DevicePlan):
         """from_pretrained with the entry's (or the family's) classes."""

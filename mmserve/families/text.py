@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
+import torch
 from transformers import CompileConfig
 
 from ..errors import BadRequest
 from ..generation import left_pad
-from ..tools import chat_dicts
+from ..tools import chat_dicts, template_of
 from ..types import GenerationRequest
 from .base import FamilyHandler, Prepared
 
@@ -39,6 +40,7 @@ class TextHandler(FamilyHandler):
     default_loader = "AutoModelForCausalLM"
     default_processor = "AutoTokenizer"
     batchable = True  # concurrent requests share one continuous batch (mmserve.engine)
+    token_prompts = True
 
     def make_engine(self, lm, settings):
         """The continuous-batching engine; compiled models (static cache, CUDA graphs bound to
@@ -113,6 +115,9 @@ class TextHandler(FamilyHandler):
             return "".join(m.text() for m in req.messages), True
         messages, tools = chat_dicts(req, tokenizer)
         extra = {"tools": tools} if tools else {}
+        template = template_of(tokenizer)
+        # Switches such as enable_thinking go only to templates that read them.
+        extra.update({k: v for k, v in req.template_kwargs.items() if k in template})
         text = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False, **extra
         )
@@ -122,7 +127,24 @@ class TextHandler(FamilyHandler):
     def prepare(self, lm, req: GenerationRequest) -> Prepared:
         for part in req.media_parts():
             raise BadRequest(f"model '{lm.spec.name}' takes text only", param=part.field)
+        if req.prompt_ids is not None:
+            return self._token_prompt(lm, req)
         text, special = self.render_prompt(lm.tokenizer, req)
         batch = lm.tokenizer(text, return_tensors="pt", add_special_tokens=special)
         inputs = self.to_device(lm, batch)
         return Prepared(inputs, int(inputs["input_ids"].shape[1]), {"prompt_text": text})
+
+    def _token_prompt(self, lm, req: GenerationRequest) -> Prepared:
+        """A token-id prompt fed as is; an id outside the vocabulary is a 400 naming it."""
+        field = req.messages[0].parts[0].field if req.messages else "prompt"
+        vocab = len(lm.tokenizer)
+        for i, token in enumerate(req.prompt_ids):
+            if not 0 <= token < vocab:
+                raise BadRequest(
+                    f"'{field}[{i}]' is token {token}, outside the vocabulary (0..{vocab - 1})",
+                    param=f"{field}[{i}]",
+                )
+        ids = torch.tensor([req.prompt_ids], dtype=torch.long)
+        inputs = self.to_device(lm, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+        text = lm.tokenizer.decode(req.prompt_ids)
+        return Prepared(inputs, len(req.prompt_ids), {"prompt_text": text})

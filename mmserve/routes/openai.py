@@ -9,7 +9,9 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from ..body import form_fields, json_fields, reads_body
 from ..errors import BadRequest, ServerError, to_server_error
+from ..logprobs import chat_content, legacy
 from ..reasoning import REASONING, ReasoningSplitter
+from ..rows import choice_of
 from ..runtime import get_runtime
 from ..schemas import openai as schema
 from ..schemas import openai_objects as objects
@@ -206,9 +208,7 @@ def chat_completions():
         g.tokens = result.completion_tokens
         return jsonify(schema.chat_completion(result, req.model, key, opened))
     events, source, prefix = open_stream(rt, req)
-    splitter = ReasoningSplitter(opened) if key else None
-    calls = ToolStream() if active(req) else None
-    return _streamed(_chat_events(call, events, splitter, key, calls), source, prefix)
+    return _streamed(_chat_events(call, events, opened, key, active(req)), source, prefix)
 
 
 def tool_call_deltas(calls: list[dict], piece: int = 24) -> list[objects.ToolCallDelta]:
@@ -225,44 +225,56 @@ def tool_call_deltas(calls: list[dict], piece: int = 24) -> list[objects.ToolCal
     return out
 
 
-def _chat_events(call, events, splitter, key, calls=None):
-    """chat.completion.chunk events: role, deltas (reasoning under `key`), tool-call deltas
-    (`calls`, a ToolStream, holds call text back), finish, usage, DONE."""
+def _chat_events(call, events, opened, key, tools_on=False):
+    """chat.completion.chunk events: per choice (n, interleaved by `index`) its role, deltas
+    (reasoning under `key`) with their logprobs, tool-call deltas (a ToolStream per choice
+    holds call text back), finish; then usage and DONE."""
     rid, model, created = objects.new_id("chatcmpl"), call.request.model, objects.now()
+    n, logprobs = call.request.params.n, call.request.params.logprobs is not None
+    splitters = [ReasoningSplitter(opened) if key else None for _ in range(n)]
+    streams = [ToolStream() if tools_on else None for _ in range(n)]
 
-    def chunk(delta: dict, finish=None) -> str:
-        choice = objects.ChunkChoice(delta=objects.ChatDelta(**delta), finish_reason=finish)
+    def chunk(index: int, delta: dict, finish=None, entries=None) -> str:
+        lp = chat_content(entries) if logprobs and entries is not None else None
+        choice = objects.ChunkChoice(index=index, delta=objects.ChatDelta(**delta), logprobs=lp,
+                                     finish_reason=finish)  # fmt: skip
         body = objects.ChatCompletionChunk(id=rid, created=created, model=model, choices=[choice])
         return chunk_event(body, call.include_usage)
 
-    def deltas(pieces):
+    def deltas(index, pieces, entries):
         for kind, text in pieces:
-            yield chunk({key if kind == REASONING else "content": text})
+            yield chunk(index, {key if kind == REASONING else "content": text}, None, entries)
+            entries = None  # a piece's logprobs go with its first chunk
 
-    def content(text):
-        if not text:
-            return
-        if splitter is None:
-            yield chunk({"content": text})
-        else:
-            yield from deltas(splitter.feed(text))
+    def content(index, text, entries=None):
+        splitter = splitters[index]
+        pieces = [("content", text)] if splitter is None else splitter.feed(text) if text else []
+        pieces = [(k, t) for k, t in pieces if t]
+        if not pieces and entries:
+            yield chunk(index, {"content": ""}, None, entries)
+        yield from deltas(index, pieces, entries)
 
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        for i in range(n):
+            yield chunk(i, {"role": "assistant", "content": ""})
         result = None
         for item in events:
             if not isinstance(item, str):
                 result = item
-            else:
-                yield from content(calls.feed(item) if calls is not None else item)
-        if calls is not None:
-            yield from content(calls.rest(result.text, result.tool_calls))
-        if splitter is not None:
-            yield from deltas(splitter.flush())
-        if result.tool_calls:
-            for piece in tool_call_deltas(result.tool_calls):
-                yield chunk({"tool_calls": [piece]})
-        yield chunk({}, objects.finish_reason(result))
+                continue
+            i, entries = choice_of(item)
+            text = streams[i].feed(str(item)) if streams[i] is not None else str(item)
+            yield from content(i, text, entries)
+        for c in result.choices:
+            i = c.index
+            if streams[i] is not None:
+                yield from content(i, streams[i].rest(c.text, c.tool_calls))
+            if splitters[i] is not None:
+                yield from deltas(i, splitters[i].flush(), None)
+            for piece in tool_call_deltas(c.tool_calls or []):
+                yield chunk(i, {"tool_calls": [piece]})
+        for c in result.choices:
+            yield chunk(c.index, {}, objects.finish_reason(c))
         if call.include_usage:
             usage = objects.usage(result.prompt_tokens, result.completion_tokens)
             last = objects.ChatCompletionChunk(
@@ -287,17 +299,15 @@ def completions():
         req = call.requests[0]
         events, source, prefix = open_stream(rt, req, req.messages[0].parts[0].field)
         return _streamed(_completion_events(call, events), source, prefix)
+    window = rt.manager.concurrency(g.model)
     results = []
-    for req in call.requests:
-        try:
-            results.append(rt.service.generate(req))
-        except ServerError as exc:
-            raise _on_prompt(exc, req.messages[0].parts[0].field) from None
+    for at in range(0, len(call.requests), window):
+        results += _generate_all(rt.service, call.requests[at : at + window])
     g.tokens = sum(r.completion_tokens for r in results)
-    choices = [
-        objects.CompletionChoice(index=i, text=r.text, finish_reason=objects.finish_reason(r))
-        for i, r in enumerate(results)
-    ]
+    n = call.requests[0].params.n
+    choices = []
+    for i, r in enumerate(results):  # choice index: prompt i, row j -> i * n + j (OpenAI's)
+        choices += objects.text_choices(r, call.echo, i * n)
     usage = objects.usage(sum(r.prompt_tokens for r in results), g.tokens)
     body = objects.Completion(
         id=objects.new_id("cmpl"), created=objects.now(), model=g.model, choices=choices,
@@ -306,13 +316,45 @@ def completions():
     return jsonify(body.model_dump(mode="json"))
 
 
-def _completion_events(call, events):
-    """text_completion events: text deltas, finish, optional usage, DONE."""
-    rid, model, created = objects.new_id("cmpl"), call.requests[0].model, objects.now()
+def _generate_all(service, requests) -> list:
+    """Every prompt's result. All are started (checked, prepared, queued) before any is
+    read, so a bad prompt is a 400 before anything generates and the prompts share a batch;
+    the caller passes at most as many as the model runs at once (each holds a lease until
+    it is read)."""
+    streams = []
+    try:
+        for req in requests:
+            try:
+                streams.append(service.stream(req))
+            except ServerError as exc:
+                raise _on_prompt(exc, req.messages[0].parts[0].field) from None
+        results = []
+        for req, stream in zip(requests, streams, strict=True):
+            result = None
+            try:
+                for item in stream:
+                    result = item
+            except ServerError as exc:
+                raise _on_prompt(exc, req.messages[0].parts[0].field) from None
+            results.append(result)
+        return results
+    finally:
+        for stream in streams:
+            stream.close()
 
-    def chunk(text: str, finish=None, choices=None, usage=None):
+
+def _completion_events(call, events):
+    """text_completion events: text deltas (n choices interleaved by `index`) with their
+    legacy logprobs, finishes, optional usage, DONE."""
+    rid, model, created = objects.new_id("cmpl"), call.requests[0].model, objects.now()
+    offsets = [0] * call.requests[0].params.n
+
+    def chunk(index=0, text="", finish=None, entries=None, choices=None, usage=None):
         if choices is None:
-            choices = [objects.CompletionChoice(text=text, finish_reason=finish)]
+            lp = legacy(entries, offsets[index]) if entries is not None else None
+            offsets[index] += len(text)
+            choices = [objects.CompletionChoice(index=index, text=text, logprobs=lp,
+                                                finish_reason=finish)]  # fmt: skip
         return objects.Completion(id=rid, created=created, model=model, choices=choices,
                                   usage=usage)  # fmt: skip
 
@@ -320,13 +362,15 @@ def _completion_events(call, events):
         result = None
         for item in events:
             if isinstance(item, str):
-                yield chunk_event(chunk(item), call.include_usage)
+                i, entries = choice_of(item)
+                yield chunk_event(chunk(i, str(item), None, entries), call.include_usage)
             else:
                 result = item
-        yield chunk_event(chunk("", objects.finish_reason(result)), call.include_usage)
+        for c in result.choices:
+            yield chunk_event(chunk(c.index, "", objects.finish_reason(c)), call.include_usage)
         if call.include_usage:
             usage = objects.usage(result.prompt_tokens, result.completion_tokens)
-            yield sse(chunk("", choices=[], usage=usage))
+            yield sse(chunk(choices=[], usage=usage))
     except Exception as exc:  # noqa: BLE001 - reported in-band: headers are already sent
         yield _failed(exc)
     yield DONE

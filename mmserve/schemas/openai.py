@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadRequest
+from ..reasoning import effort_switch
 from ..remote_media import fetch_remote
 from ..types import GenerationRequest, Message, Part, SamplingParams
 from .fields import get_inputs, get_keep_alive
@@ -26,6 +27,7 @@ from .openai_objects import (  # noqa: F401 - the response builders, re-exported
     finish_reason,
     model_entry,
     new_id,
+    text_choices,
     usage,
 )
 from .openai_requests import (
@@ -47,24 +49,14 @@ _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant"
 _CHAT_UNSUPPORTED = {
     "functions": ([],),
     "function_call": ("none", "auto"),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "logit_bias": ({},),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
     "modalities": (["text"],),
     "audio": (),
     "prediction": (),
     "web_search_options": (),
 }
 _COMPLETION_UNSUPPORTED = {
-    "echo": (False,),
     "best_of": (1,),
     "suffix": ("",),
-    "logprobs": (0, False),
-    "logit_bias": ({},),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
 }
 
 
@@ -90,6 +82,7 @@ class CompletionCall:
     requests: list[GenerationRequest]  # one per prompt, in the order of the choices
     stream: bool
     include_usage: bool
+    echo: bool = False
 
 
 @dataclass
@@ -162,7 +155,24 @@ def sampling(req: SamplingFields, settings) -> SamplingParams:
         repetition_penalty=req.repetition_penalty,
         stop=stop_list(req.stop, settings.max_stop),
         seed=req.seed,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logit_bias=logit_bias(req.logit_bias),
+        n=_limit(req.n, "n", settings.max_n) or 1,
     )
+
+
+def logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's `logit_bias` with int keys; ids are checked against the model's vocabulary
+    once it is loaded (`InferenceService._prepare`)."""
+    out = {}
+    for key, value in (raw or {}).items():
+        try:
+            out[int(key)] = value
+        except ValueError:
+            raise BadRequest(f"'logit_bias.{key}': keys must be token ids",
+                             param=f"logit_bias.{key}") from None  # fmt: skip
+    return out
 
 
 def _keep_alive(req) -> float | None:
@@ -187,14 +197,15 @@ def _message(m: ChatMessage, path: str, media: MediaReader) -> Message:
     tool calls and a tool's answer keep their ids."""
     role = _ROLES.get(m.role, m.role)
     calls = [c.model_dump() for c in m.tool_calls] if m.tool_calls else None
+    reasoning = m.reasoning_content or m.reasoning  # given only to templates that read it
     if m.content is None:
-        return Message(role, [], tool_calls=calls)
+        return Message(role, [], reasoning, tool_calls=calls)
     if isinstance(m.content, str):
         part = Part("text", text=m.content, field=f"{path}.content")
-        return Message(role, [part], tool_calls=calls, tool_call_id=m.tool_call_id)
+        return Message(role, [part], reasoning, tool_calls=calls, tool_call_id=m.tool_call_id)
     parts = [content_part(item, f"{path}.content[{j}]", m.role, media) for j, item in
              enumerate(m.content)]  # fmt: skip
-    return Message(role, parts, tool_calls=calls, tool_call_id=m.tool_call_id)
+    return Message(role, parts, reasoning, tool_calls=calls, tool_call_id=m.tool_call_id)
 
 
 def response_format(fmt) -> dict | None:
@@ -219,6 +230,8 @@ def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -
     reject_unsupported(body, _CHAT_UNSUPPORTED)
     model = _lookup(req.model, lookup)
     params = sampling(req, settings)
+    if req.logprobs:
+        params.logprobs = req.top_logprobs or 0
     keep_alive = _keep_alive(req)
     media = MediaReader(settings, tmp_dir, fetch)
     messages = [_message(m, f"messages[{i}]", media) for i, m in enumerate(req.messages)]
@@ -232,6 +245,7 @@ def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -
         tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
         tool_choice=_tool_choice(req),
         parallel_tool_calls=req.parallel_tool_calls is not False,
+        template_kwargs=effort_switch(req.reasoning_effort),
     )
     return ChatCall(request, req.stream, _include_usage(req), req.reasoning_format)
 
@@ -239,27 +253,38 @@ def parse_chat(body, settings, tmp_dir: Path, lookup=None, fetch=fetch_remote) -
 # --------------------------------------------------------------------------- completions
 
 
-def _prompts(prompt) -> list[tuple[str, str]]:
+def _prompts(prompt) -> list[tuple[str, str | None, list[int] | None]]:
+    """(field, text, token ids) per prompt: a string, a list of strings, a list of token
+    ids, or a list of such lists (the typed model has checked the JSON types)."""
     if isinstance(prompt, str):
-        prompts = [("prompt", prompt)]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        prompts = [(f"prompt[{i}]", p) for i, p in enumerate(prompt)]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, (int, list)) for p in prompt):
-        raise BadRequest("token arrays are not supported; send the prompt as text", param="prompt")
+        prompts = [("prompt", prompt, None)]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [("prompt", None, prompt)]
+    elif isinstance(prompt, list) and prompt:
+        prompts = [(f"prompt[{i}]", p if isinstance(p, str) else None,
+                    None if isinstance(p, str) else p) for i, p in enumerate(prompt)]  # fmt: skip
     else:
-        raise BadRequest("'prompt' must be a string or a non-empty list of strings", param="prompt")
+        raise BadRequest(
+            "'prompt' must be a string, a list of strings, a list of token ids or a list of "
+            "such lists",
+            param="prompt",
+        )
     if len(prompts) > MAX_PROMPTS:
         raise BadRequest(
             f"at most {MAX_PROMPTS} prompts per request", param="prompt", code="limit_exceeded"
         )
-    for field, text in prompts:
-        if not text:
+    for field, text, ids in prompts:
+        if not text and not ids:
             raise BadRequest(f"'{field}' must not be empty", param=field)
     return prompts
 
 
 def parse_completion(body, settings, lookup=None) -> CompletionCall:
-    """POST /v1/completions: one raw-prompt request per prompt string."""
+    """POST /v1/completions: one raw-prompt request per prompt (text or token ids).
+
+    `logprobs` k (0-5) gives the legacy logprobs object; `echo` puts the prompt before the
+    completion (with its tokens' logprobs when `logprobs` is set); with echo, `max_tokens` 0
+    only scores the prompt (the loglikelihood call of eval harnesses)."""
     req = validate(CompletionRequest, body)
     reject_unsupported(body, _COMPLETION_UNSUPPORTED)
     model = _lookup(req.model, lookup)
@@ -267,20 +292,26 @@ def parse_completion(body, settings, lookup=None) -> CompletionCall:
     if req.stream and len(prompts) > 1:
         raise BadRequest("streaming takes a single prompt", param="prompt")
     params = sampling(req, settings)
+    params.logprobs = req.logprobs
+    if req.echo and req.logprobs is not None:
+        params.prompt_logprobs = req.logprobs
     keep_alive = _keep_alive(req)
     requests = [
         GenerationRequest(
             model=model,
-            messages=[Message("user", [Part("text", text=text, field=field)])],
-            params=dataclasses.replace(params, stop=list(params.stop)),
+            messages=[Message("user", [Part("text", text=text or "", field=field)])],
+            params=dataclasses.replace(
+                params, stop=list(params.stop), logit_bias=dict(params.logit_bias)
+            ),
             keep_alive=keep_alive,
             raw_prompt=True,
             endpoint="openai",
+            prompt_ids=ids,
             response_format=response_format(req.response_format),
         )
-        for field, text in prompts
+        for field, text, ids in prompts
     ]
-    return CompletionCall(requests, req.stream, _include_usage(req))
+    return CompletionCall(requests, req.stream, _include_usage(req), req.echo)
 
 
 # --------------------------------------------------------------------------- embeddings

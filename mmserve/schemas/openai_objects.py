@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field, model_serializer
 
+from ..logprobs import chat_content, join_legacy, legacy
 from ..reasoning import split_reasoning
 
 
@@ -227,19 +228,46 @@ def assistant_message(text: str | None, key: str | None, opened: bool, tool_call
 
 
 def chat_completion(result, model: str, key: str | None, opened: bool) -> dict:
-    """The chat.completion object of one GenerationResult."""
-    calls = [ToolCallOut.model_validate(c) for c in getattr(result, "tool_calls", None) or []]
-    choice = ChatChoice(
-        message=assistant_message(result.text, key, opened, calls),
-        finish_reason=finish_reason(result),
-    )
+    """The chat.completion object of one GenerationResult: one choice per row (n)."""
+    choices = [
+        ChatChoice(
+            index=c.index,
+            message=assistant_message(
+                c.text, key, opened, [ToolCallOut.model_validate(t) for t in c.tool_calls or []]
+            ),
+            logprobs=chat_content(c.logprobs),
+            finish_reason=finish_reason(c),
+        )
+        for c in result.choices
+    ]
     return ChatCompletion(
         id=new_id("chatcmpl"),
         created=now(),
         model=model,
-        choices=[choice],
+        choices=choices,
         usage=usage(result.prompt_tokens, result.completion_tokens),
     ).model_dump(mode="json")
+
+
+def text_choices(result, echo: bool, first_index: int = 0) -> list[CompletionChoice]:
+    """/v1/completions choices of one prompt (n rows); with `echo` the prompt (and its
+    logprobs) comes first."""
+    prompt = (result.prompt_text or "") if echo else ""
+    head = legacy(result.prompt_logprobs) if echo else None
+    out = []
+    for c in result.choices:
+        logprobs = legacy(c.logprobs, len(prompt))
+        if head is not None:
+            logprobs = join_legacy(head, logprobs or legacy([]))
+        out.append(
+            CompletionChoice(
+                index=first_index + c.index,
+                text=prompt + c.text,
+                logprobs=logprobs,
+                finish_reason=finish_reason(c),
+            )
+        )
+    return out
 
 
 def model_entry(spec, loaded: bool, created: int, life: dict | None = None) -> dict:

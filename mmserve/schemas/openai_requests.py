@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from ..errors import BadRequest
+from ..reasoning import EFFORTS
 from .typed import Strict, tagged
 
 REASONING_FORMATS = ("reasoning_content", "reasoning", "none", "merged")
@@ -37,7 +38,12 @@ class SamplingFields(Strict):
     repetition_penalty: Annotated[float, Field(ge=0.01, le=10.0)] | None = None
     stop: str | list[str] | None = None
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
-    n: PositiveInt | None = None
+    n: PositiveInt | None = Field(None, description="Choices, up to the max_n setting (8)")
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+        None, description="Token id (as a string) -> a bias added to its logit"
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     keep_alive: str | int | float | None = Field(
@@ -49,8 +55,6 @@ class SamplingFields(Strict):
     def _sampling_rules(self):
         if not self.model.strip():
             raise BadRequest("'model' must not be empty", param="model")
-        if self.n is not None and self.n != 1:
-            raise BadRequest("only n=1 is supported", param="n", code="unsupported_parameter")
         if self.stream_options is not None and not self.stream:  # as OpenAI and vLLM do
             raise BadRequest(
                 "'stream_options' is only allowed when 'stream' is true", param="stream_options"
@@ -220,6 +224,9 @@ class ChatMessage(Strict):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    # An earlier answer's reasoning: accepted; only templates that read it get it.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 def check_messages(messages: list[ChatMessage]) -> None:
@@ -256,9 +263,16 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     reasoning_format: Literal[REASONING_FORMATS] = "reasoning_content"
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    reasoning_effort: Literal[EFFORTS] | None = Field(
+        None, description="Switches thinking where the template can (enable_thinking)"
+    )
 
     @model_validator(mode="after")
     def _chat_rules(self):
+        if self.top_logprobs and not self.logprobs:
+            raise BadRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
         check_messages(self.messages)
         check_tools(self.tools, self.tool_choice)
         check_response_format(self.response_format)
@@ -266,13 +280,22 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    """POST /v1/completions: `prompt` as text (token arrays are refused)."""
+    """POST /v1/completions: `prompt` as text, token ids, or a list of either; `echo` with
+    `max_tokens` 0 scores the prompt only."""
 
     prompt: str | list[str] | list[int] | list[list[int]] | None = None
     response_format: ResponseFormat | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
 
     @model_validator(mode="after")
     def _completion_rules(self):
+        if self.max_tokens == 0 and not self.echo:
+            raise BadRequest("'max_tokens' must be at least 1 (0 only with echo)",
+                             param="max_tokens")  # fmt: skip
+        if self.echo and self.stream:
+            raise BadRequest("'echo' cannot be streamed here", param="echo")
         check_response_format(self.response_format)
         return self
 

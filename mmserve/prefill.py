@@ -1,0 +1,71 @@
+"""A request's rows inside the engine (`Seq`) and a group of them being prefilled together
+(`Prefill`): left-padded prompts, siblings of one request sharing one prefill row, and the
+prompt's logprobs read from the prefill's logits."""
+
+from __future__ import annotations
+
+import torch
+
+from .generation import left_pad
+from .kvcache import new_cache
+from .logprobs import capture, first_prompt_entry
+from .rows import Row
+from .sampling import Sampler
+
+
+class Seq:
+    """A request inside the engine: its row, its sampler and its place in the cache."""
+
+    __slots__ = ("row", "sampler", "prompt", "reserve", "deadline", "length", "last", "group")
+
+    def __init__(self, row: Row, sampler: Sampler, prompt: torch.Tensor, reserve: int, deadline):
+        self.row = row
+        self.group: list[Seq] = [self]  # the n siblings sharing this prompt, admitted together
+        self.sampler = sampler
+        self.prompt = prompt  # (prompt_tokens,) ids on the model's device
+        self.reserve = reserve  # tokens it may hold at most: prompt + max new tokens
+        self.deadline = deadline
+        self.length = 0  # its real tokens in the cache
+        self.last: int | None = None  # its latest token, not in the cache yet
+
+    def history(self) -> torch.Tensor:
+        """(1, L): prompt and generated ids, what processors such as penalties read."""
+        done = torch.tensor(self.row.completion_ids, dtype=torch.long, device=self.prompt.device)
+        return torch.cat([self.prompt, done])[None]
+
+
+class Prefill:
+    """A group of admitted requests prefilled together, chunk by chunk, in its own cache.
+
+    Siblings (the n choices of one request) share one prefill row: `source[i]` is the row
+    of the prefill that seq i reads; the cache is expanded to one row per seq at the end.
+    """
+
+    def __init__(self, seqs: list[Seq], pad_id: int, config):
+        self.seqs = seqs
+        heads: dict[int, int] = {}
+        self.source = [heads.setdefault(id(s.group[0]), len(heads)) for s in seqs]
+        firsts = list({id(s.group[0]): s for s in seqs}.values())
+        self.ids, self.mask = left_pad([s.prompt for s in firsts], pad_id, seqs[0].prompt.device)
+        self.firsts = firsts
+        self.scored = any(s.sampler.prompt_logprobs is not None for s in firsts)
+        self.pos = self.mask.cumsum(-1) - 1
+        self.pos.masked_fill_(self.mask == 0, 1)  # as generate does for left padding
+        self.cache = new_cache(config)
+        self.offset = 0
+
+    def score(self, tok, logits: torch.Tensor) -> None:
+        """Prompt logprobs from the logits of the chunk at `offset` (rows, chunk, vocab), for
+        the rows that asked: the logits at padded column j score the token at column j + 1;
+        the first real token gets null."""
+        job, offset, width = self, self.offset, self.ids.shape[1]
+        for r, s in enumerate(job.firsts):
+            top = s.sampler.prompt_logprobs
+            if top is None:
+                continue
+            start = width - int(s.prompt.shape[0])
+            if s.row.prompt_logprobs is None:
+                s.row.prompt_logprobs = [first_prompt_entry(tok, int(job.ids[r, start]))]
+            for j in range(max(offset, start), min(offset + logits.shape[1], width - 1)):
+                token = int(job.ids[r, j + 1])
+                s.row.prompt_logprobs.append(capture(tok, logits[r, j - offset], token, top))
