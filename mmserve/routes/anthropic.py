@@ -7,13 +7,14 @@ import json
 
 from flask import Blueprint, g, jsonify
 
+from ..body import json_fields, reads_body
 from ..errors import to_server_error
 from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import anthropic as schema
 from ..tools import ToolStream, active
 from .docs import documented
-from .openai import _streamed, json_body, open_stream
+from .openai import _streamed, open_stream
 
 bp = Blueprint("anthropic", __name__, url_prefix="/v1")
 
@@ -24,12 +25,13 @@ def event(name: str, data: dict) -> str:
 
 
 @bp.post("/messages")
+@reads_body
 @documented(schema.MessagesRequest, tags=["anthropic"], errors=())
 def messages():
     """Anthropic's Messages API on any generating model; `<think>` becomes thinking blocks."""
     rt = get_runtime()
-    with rt.tmp.scope() as tmp_dir:
-        call = schema.parse_messages(json_body(), rt.settings, tmp_dir, rt.manager.spec)
+    with json_fields() as body, rt.tmp.scope() as tmp_dir:
+        call = schema.parse_messages(body, rt.settings, tmp_dir, rt.manager.spec)
     req = call.request
     g.model = req.model
     opened = rt.manager.spec(req.model).reasoning

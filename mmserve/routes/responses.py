@@ -7,24 +7,26 @@ import json
 
 from flask import Blueprint, g, jsonify
 
+from ..body import json_fields, reads_body
 from ..errors import to_server_error
 from ..reasoning import REASONING, ReasoningSplitter
 from ..runtime import get_runtime
 from ..schemas import responses as schema
 from ..tools import ToolStream, active
 from .docs import documented
-from .openai import _streamed, json_body, open_stream
+from .openai import _streamed, open_stream
 
 bp = Blueprint("responses", __name__, url_prefix="/v1")
 
 
 @bp.post("/responses")
+@reads_body
 @documented(schema.ResponsesRequest, tags=["responses"])
 def create_response():
     """One model turn: output items (reasoning from `<think>`, the message); nothing stored."""
     rt = get_runtime()
-    with rt.tmp.scope() as tmp_dir:
-        call = schema.parse_responses(json_body(), rt.settings, tmp_dir, rt.manager.spec)
+    with json_fields() as body, rt.tmp.scope() as tmp_dir:
+        call = schema.parse_responses(body, rt.settings, tmp_dir, rt.manager.spec)
     req = call.request
     g.model = req.model
     opened = rt.manager.spec(req.model).reasoning
