@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -54,33 +53,22 @@ def start_cluster(replicas: int, cpus: float | None, bench_models, config) -> se
 
 def mixed_throughput(port: int, clients: int, per_client: int, max_tokens: int) -> dict:
     """Closed loop: client i sends `per_client` requests to MODELS[i % 2], back to back."""
-    tokens, errors = [0] * clients, []
-    gate = threading.Barrier(clients + 1)
 
-    def run(i: int) -> None:
+    def work(i: int, ready) -> int:
         client = load.Client(load.Api(port, "native", MODELS[i % len(MODELS)]))
         try:
-            gate.wait()
+            ready()
+            got = 0
             for k in range(per_client):
                 reply = client.complete(PROMPTS[(i + k) % len(PROMPTS)], max_tokens)
-                tokens[i] += reply["usage"]["completion_tokens"]
-        except BaseException as exc:  # noqa: BLE001 - reported after the run
-            errors.append(exc)
+                got += reply["usage"]["completion_tokens"]
+            return got
         finally:
             client.close()
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    gate.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]}")
-    return {"requests": clients * per_client, "tokens": sum(tokens), "seconds": round(wall, 2),
-            "tok_s": round(sum(tokens) / wall, 2)}  # fmt: skip
+    tokens, wall = load.closed_loop(clients, work)
+    return {"requests": clients * per_client, "tokens": tokens, "seconds": round(wall, 2),
+            "tok_s": round(tokens / wall, 2)}  # fmt: skip
 
 
 def measure(replicas: int, cpus, bench_models, config, args) -> dict:

@@ -120,37 +120,56 @@ def ttfts(api: Api, prompt: str, max_tokens: int, n: int, warmup: int = 1) -> li
         client.close()
 
 
-def throughput(api: Api, prompts: list[str], clients: int, per_client: int, max_tokens: int,
-               count) -> dict:  # fmt: skip
-    """Closed loop: `clients` threads each send `per_client` requests back to back."""
+def closed_loop(clients: int, work) -> tuple[int, float]:
+    """`clients` threads start together; thread i runs `work(i, ready)`, which opens what it
+    needs, calls `ready()` and then sends its requests, returning the tokens it got.
+    Returns (tokens, wall seconds from the common start); a failed client raises afterwards."""
     tokens = [0] * clients
     errors: list[BaseException] = []
     gate = threading.Barrier(clients + 1)
 
     def run(i: int) -> None:
-        client = Client(api)
         try:
-            gate.wait()
-            for k in range(per_client):
-                reply = client.complete(prompts[(i + k) % len(prompts)], max_tokens)
-                tokens[i] += api.tokens(reply, count)
+            tokens[i] = work(i, gate.wait)
         except BaseException as exc:  # noqa: BLE001 - reported after the run
             errors.append(exc)
-        finally:
-            client.close()
+            gate.abort()  # a client that failed before the start must not hang the others
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
-    gate.wait()
+    try:
+        gate.wait()
+    except threading.BrokenBarrierError:
+        pass
     t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
     if errors:
         raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]}")
-    return {"clients": clients, "requests": clients * per_client, "tokens": sum(tokens),
-            "seconds": wall, "tok_s": sum(tokens) / wall}  # fmt: skip
+    return sum(tokens), wall
+
+
+def throughput(api: Api, prompts: list[str], clients: int, per_client: int, max_tokens: int,
+               count) -> dict:  # fmt: skip
+    """Closed loop: `clients` threads each send `per_client` requests back to back."""
+
+    def work(i: int, ready) -> int:
+        client = Client(api)
+        try:
+            ready()
+            got = 0
+            for k in range(per_client):
+                reply = client.complete(prompts[(i + k) % len(prompts)], max_tokens)
+                got += api.tokens(reply, count)
+            return got
+        finally:
+            client.close()
+
+    tokens, wall = closed_loop(clients, work)
+    return {"clients": clients, "requests": clients * per_client, "tokens": tokens,
+            "seconds": wall, "tok_s": tokens / wall}  # fmt: skip
 
 
 def pct(values: list[float], q: float) -> float:

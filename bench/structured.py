@@ -17,11 +17,9 @@ import http.client
 import json
 import re
 import sys
-import threading
-import time
 from pathlib import Path
 
-from bench import servers
+from bench import load, servers
 from bench.run_bench import log, prepare_models
 
 PROMPTS = ["Describe a ship.", "Describe a city.", "Describe a cat.", "Describe a storm."]
@@ -35,13 +33,12 @@ FORMAT = {"type": "json_schema", "json_schema": {"name": "doc", "schema": SCHEMA
 
 def closed_loop(port: int, clients: int, per_client: int, max_tokens: int, constrained: bool):
     """`clients` threads each send `per_client` chat requests back to back: tokens/s."""
-    tokens, errors = [0] * clients, []
-    gate = threading.Barrier(clients + 1)
 
-    def run(i: int) -> None:
+    def work(i: int, ready) -> int:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         try:
-            gate.wait()
+            ready()
+            got = 0
             for k in range(per_client):
                 body = {
                     "model": "smollm2",
@@ -54,23 +51,13 @@ def closed_loop(port: int, clients: int, per_client: int, max_tokens: int, const
                 conn.request("POST", "/v1/chat/completions", json.dumps(body),
                              {"Content-Type": "application/json"})  # fmt: skip
                 reply = json.loads(conn.getresponse().read())
-                tokens[i] += reply["usage"]["completion_tokens"]
-        except BaseException as exc:  # noqa: BLE001 - reported after the run
-            errors.append(exc)
+                got += reply["usage"]["completion_tokens"]
+            return got
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    gate.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]}")
-    return {"tokens": sum(tokens), "seconds": round(wall, 2), "tok_s": round(sum(tokens) / wall, 2)}
+    tokens, wall = load.closed_loop(clients, work)
+    return {"tokens": tokens, "seconds": round(wall, 2), "tok_s": round(tokens / wall, 2)}
 
 
 def write_section(path: Path, out: dict) -> None:
