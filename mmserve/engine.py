@@ -240,6 +240,7 @@ class TextEngine:
         if cache is not None:
             self.cache, self.mask = merge(self.cache, self.mask, cache, mask)
             self.running.extend(job.seqs[i] for i in keep)
+            self.cache.bound.columns = max(s.reserve for s in self.running)
 
     def _decode_step(self) -> None:
         seqs = self.running

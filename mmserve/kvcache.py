@@ -4,6 +4,12 @@ Layout: every layer holds keys/values of shape (rows, kv_heads, width, head_dim)
 row's real tokens are right-aligned, the columns before them are padding that the
 attention mask (rows, width) hides. A row's positions count its real tokens only, so
 padding never shifts its rotary positions.
+
+Each layer is a `GrowingLayer`: a decode step writes its column into spare room of a
+preallocated buffer instead of concatenating (DynamicLayer copies the whole cache every
+step: 15-20 % of an 8-row step of SmolLM2 on the CPU). The spare room never goes past
+the cache's `Bound` (the widest its rows may become), so the bytes held stay within what
+the engine reserved.
 """
 
 from __future__ import annotations
@@ -24,21 +30,91 @@ def per_token_bytes(config, dtype: torch.dtype) -> int:
     return 2 * layers * kv_heads * int(head_dim) * size
 
 
-def new_cache(config) -> DynamicCache | None:
-    """An empty cache for the model, or None when a layer is not a plain full-attention
-    layer (sliding windows, linear attention): those cannot be merged by left-padding."""
+class Bound:
+    """The widest (columns) a cache's rows may grow to; the engine keeps it current."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: int = 0):
+        self.columns = int(columns)
+
+
+class GrowingLayer(DynamicLayer):
+    """A full-attention layer whose keys/values are the first `width` columns of a buffer
+    with spare columns: `update` writes the new columns in place (no copy of the cache).
+
+    Spare room comes in steps of `STEP` columns, never past `bound.columns` unless the
+    update itself needs more. Code that replaces `keys`/`values` (row selection, merges,
+    trimming) simply makes the next update start a new buffer.
+    """
+
+    STEP = 64
+
+    def __init__(self, bound: Bound):
+        super().__init__()
+        self.bound = bound
+        self._k = self._v = None
+
+    def _fits(self, k: torch.Tensor, need: int) -> bool:
+        buf, keys = self._k, self.keys
+        return (
+            buf is not None
+            and keys.dim() == 4
+            and keys.data_ptr() == buf.data_ptr()
+            and self.values.data_ptr() == self._v.data_ptr()
+            and keys.stride() == buf.stride()
+            and buf.shape[:2] == k.shape[:2]
+            and need <= buf.shape[2]
+        )
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        w = self.keys.shape[-2] if self.keys.dim() == 4 else 0
+        need = w + key_states.shape[-2]
+        if not self._fits(key_states, need):
+            step = self.STEP
+            columns = max(need, min(-(-need // step) * step, self.bound.columns))
+            shape = (*key_states.shape[:2], columns, key_states.shape[3])
+            k, v = key_states.new_empty(shape), value_states.new_empty(shape)
+            if w:
+                k[:, :, :w], v[:, :, :w] = self.keys, self.values
+            self._k, self._v = k, v
+        self._k[:, :, w:need] = key_states
+        self._v[:, :, w:need] = value_states
+        self.keys, self.values = self._k[:, :, :need], self._v[:, :, :need]
+        return self.keys, self.values
+
+    def held_bytes(self) -> int:
+        """Bytes this layer keeps alive, spare columns included."""
+        if not self.is_initialized or self.keys is None:
+            return 0
+        if self._k is not None and self._fits(self.keys, self.keys.shape[-2]):
+            return self._k.nbytes + self._v.nbytes
+        return self.keys.nbytes + self.values.nbytes
+
+
+def new_cache(config, columns: int = 0) -> DynamicCache | None:
+    """An empty cache for the model whose rows grow to at most `columns` (its `bound`), or
+    None when a layer is not a plain full-attention layer (sliding windows, linear
+    attention): those cannot be merged by left-padding."""
     cache = DynamicCache(config=config)
-    if all(type(layer) is DynamicLayer for layer in cache.layers):
-        return cache
-    return None
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return None
+    cache.bound = Bound(columns)
+    cache.layers = [GrowingLayer(cache.bound) for _ in cache.layers]
+    return cache
 
 
 def cache_bytes(cache: DynamicCache | None) -> int:
+    """Bytes the cache keeps alive (keys and values of every layer, spare room included)."""
     if cache is None:
         return 0
     total = 0
     for layer in cache.layers:
-        if getattr(layer, "is_initialized", False) and layer.keys is not None:
+        if isinstance(layer, GrowingLayer):
+            total += layer.held_bytes()
+        elif getattr(layer, "is_initialized", False) and layer.keys is not None:
             total += layer.keys.nbytes + layer.values.nbytes
     return total
 

@@ -51,7 +51,7 @@ class Prefill:
         self.scored = any(s.sampler.prompt_logprobs is not None for s in firsts)
         self.pos = self.mask.cumsum(-1) - 1
         self.pos.masked_fill_(self.mask == 0, 1)  # as generate does for left padding
-        self.cache = new_cache(config)
+        self.cache = new_cache(config, max(s.reserve for s in seqs))
         self.offset = 0
 
     def score(self, tok, logits: torch.Tensor) -> None:
