@@ -3,7 +3,8 @@
 Each step the engine (a) admits waiting requests while there are free rows and KV cache
 budget, prefilling them as one left-padded group in chunks of about `prefill_chunk`
 tokens (one chunk per step, so running rows wait one chunk at most) and then merging
-their KV into the running batch; (b) runs one decode forward for every running row;
+their KV into a lane of running rows (`mmserve.lanes`: short requests apart from long
+ones); (b) runs one decode forward for every row of the lane whose turn it is;
 (c) samples each row with its own processors and generator (`mmserve.sampling`), reading
 the row's logprobs from the raw logits first when it asked (`mmserve.logprobs`); and
 (d) hands each row its token (`mmserve.rows.Row`: text, stops, limits) and evicts the
@@ -14,7 +15,7 @@ prompt is one row of the prefill, copied into each of them at the end (`mmserve.
 
 Locking rules:
 - `_cond` guards `waiting` and `closed`. It is never held while the model runs.
-- Only the engine thread touches the model, the cache, `running` and `job`; other threads
+- Only the engine thread touches the model, the lanes and `job`; other threads
   end rows only through `Row.fail`/`Row.finish` (the engine evicts done rows each step).
 - KV budget: the rows admitted (running and prefilling) reserve rows x their longest
   final length (prompt + max new tokens) x bytes per token, an upper bound of the padded
@@ -32,7 +33,8 @@ import torch
 
 from .errors import BadRequest, Unavailable
 from .generation import eos_ids
-from .kvcache import cache_bytes, keep_rows, merge, per_token_bytes
+from .kvcache import cache_bytes, keep_rows, per_token_bytes, take_rows
+from .lanes import Lane, pick
 from .logprobs import capture
 from .prefill import Prefill, Seq
 from .rows import Row, Rows
@@ -45,9 +47,23 @@ MB = 1024**2
 class TextEngine:
     """Runs every request of one text model in one continuously refilled batch."""
 
-    def __init__(self, lm, max_rows: int, kv_budget: int, queue_timeout: float, prefill_chunk=512):
+    def __init__(
+        self,
+        lm,
+        max_rows: int,
+        kv_budget: int,
+        queue_timeout: float,
+        prefill_chunk: int = 512,
+        short_max_tokens: int = 0,
+        main_every: int = 8,
+    ):
+        """`short_max_tokens`: requests with at most this many tokens to make decode in the
+        short lane (0: one lane); `main_every`: the long lane decodes at least once per this
+        many steps plus one. ValueError for sizes out of range."""
         if max_rows < 1 or kv_budget <= 0 or prefill_chunk < 1:
             raise ValueError("batch_max_size, the KV budget and prefill_chunk must be positive")
+        if short_max_tokens < 0 or main_every < 1:
+            raise ValueError("short_max_tokens must be >= 0 and main_every >= 1")
         self.lm = lm
         self.model = lm.model
         self.name = lm.spec.name
@@ -55,15 +71,16 @@ class TextEngine:
         self.kv_budget = int(kv_budget)
         self.queue_timeout = queue_timeout
         self.prefill_chunk = prefill_chunk
+        self.short_max_tokens = short_max_tokens
+        self.main_every = main_every
         self.per_token = per_token_bytes(lm.model.config, lm.model.dtype)
         self.eos = eos_ids(lm)
         tok = lm.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.pad_id = pad if pad is not None else 0
         self.waiting: deque[Seq] = deque()
-        self.running: list[Seq] = []
+        self.short, self.main = Lane("short"), Lane("main")
         self.job: Prefill | None = None
-        self.cache = self.mask = None
         self.closed = False
         self.steps = 0  # decode forwards run
         self.sizes: deque[int] = deque(maxlen=10000)  # rows in each recent decode forward
@@ -104,10 +121,16 @@ class TextEngine:
             self._cond.notify()
         return Rows([s.row for s in seqs], sink)
 
+    @property
+    def running(self) -> list[Seq]:
+        """Every running row, short lane first."""
+        return self.short.seqs + self.main.seqs
+
     def cache_bytes(self) -> int:
         """Bytes the KV cache holds now (running rows and a prefill in progress)."""
         job = self.job
-        return cache_bytes(self.cache) + (cache_bytes(job.cache) if job is not None else 0)
+        held = self.short.bytes() + self.main.bytes()
+        return held + (cache_bytes(job.cache) if job is not None else 0)
 
     def reserved_bytes(self) -> int:
         job = self.job
@@ -131,7 +154,8 @@ class TextEngine:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         self.abort(Unavailable(f"model '{self.name}' was unloaded; try again"))
-        self.cache = self.mask = self.job = None
+        self.short.clear(), self.main.clear()
+        self.job = None
 
     # --- the engine thread ------------------------------------------------
     def _reserved(self, seqs: list[Seq]) -> int:
@@ -157,14 +181,16 @@ class TextEngine:
                     if self.job is not None:
                         self._prefill_step()
                     self._drop_done()
-                    if self.running:
-                        self._decode_step()
+                    lane = pick(self.short, self.main, self.main_every)
+                    if lane is not None:
+                        self._decode_step(lane)
                 except BaseException as exc:  # noqa: BLE001 - every open row gets the error
                     log.warning("step on %s failed: %s", self.name, type(exc).__name__)
-                    seqs = self.running + (self.job.seqs if self.job is not None else [])
+                    seqs = self.short.clear() + self.main.clear()
+                    seqs += self.job.seqs if self.job is not None else []
                     for s in seqs + [t for t in taken if t not in seqs]:
                         s.row.fail(exc)  # a no-op for rows that had finished
-                    self.running, self.job, self.cache, self.mask = [], None, None, None
+                    self.job = None
 
     def _admit(self) -> list[Seq]:
         """Waiting requests that start now, in arrival order (under `_cond`)."""
@@ -236,27 +262,32 @@ class TextEngine:
                 s.row.finish("length")  # scoring only (echo with max_tokens 0)
             elif not s.row.push(token, self._entry(s, logits[i], token)):
                 keep.append(i)
-        cache, mask = keep_rows(job.cache, job.mask, [job.source[i] for i in keep])
-        if cache is not None:
-            self.cache, self.mask = merge(self.cache, self.mask, cache, mask)
-            self.running.extend(job.seqs[i] for i in keep)
-            self.cache.bound.columns = max(s.reserve for s in self.running)
+        for lane in (self.short, self.main):
+            mine = [i for i in keep if (job.seqs[i].row.max_new_tokens <= self.short_max_tokens)
+                    == (lane is self.short)]  # fmt: skip
+            if mine:
+                rows = [job.source[i] for i in mine]
+                if len(mine) == len(keep):  # the whole group goes to one lane
+                    cache, mask = keep_rows(job.cache, job.mask, rows)
+                else:
+                    cache, mask = take_rows(job.cache, job.mask, rows, self.model.config)
+                lane.add([job.seqs[i] for i in mine], cache, mask)
 
-    def _decode_step(self) -> None:
-        seqs = self.running
-        device = self.mask.device
+    def _decode_step(self, lane: Lane) -> None:
+        seqs = lane.seqs
+        device = lane.mask.device
         ids = torch.tensor([[s.last] for s in seqs], dtype=torch.long, device=device)
         pos = torch.tensor([[s.length] for s in seqs], dtype=torch.long, device=device)
-        mask = torch.cat([self.mask, self.mask.new_ones((len(seqs), 1))], dim=1)
-        logits = self._forward(ids, mask, pos, self.cache)
-        self.mask = mask
+        mask = torch.cat([lane.mask, lane.mask.new_ones((len(seqs), 1))], dim=1)
+        logits = self._forward(ids, mask, pos, lane.cache)
+        lane.mask = mask
         self.steps += 1
         self.sizes.append(len(seqs))
         for i, (s, token) in enumerate(zip(seqs, self._sample(seqs, logits), strict=True)):
             s.length += 1
             s.last = token
             s.row.push(token, self._entry(s, logits[i], token))
-        self._drop_done()
+        lane.drop_done()
 
     def _entry(self, s: Seq, logits: torch.Tensor, token: int):
         """The token's TokenLogprob from the raw logits (vocab,), when the row asked."""
@@ -266,15 +297,8 @@ class TextEngine:
 
     def _drop_done(self) -> None:
         """Evict rows that finished, failed or were cancelled (≤ 1 token after a cancel)."""
-        keep = []
-        for i, s in enumerate(self.running):
-            if not s.row.done.is_set() and s.row.cancel_event.is_set():
-                s.row.finish("cancelled")
-            if not s.row.done.is_set():
-                keep.append(i)
-        if len(keep) < len(self.running):
-            self.cache, self.mask = keep_rows(self.cache, self.mask, keep)
-            self.running = [self.running[i] for i in keep]
+        self.short.drop_done()
+        self.main.drop_done()
 
     def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> list[int]:
         """Each row's next token; plain greedy rows in one argmax, the others one by one."""

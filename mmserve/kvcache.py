@@ -168,3 +168,15 @@ def keep_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int]):
             layer.values = layer.values[:, :, first:, :].contiguous()
         mask = mask[:, first:]
     return cache, mask
+
+
+def take_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int], config):
+    """Like `keep_rows`, into a new cache of `config`'s layers; `cache` is left as it was
+    (the rows of one prefill that go to different lanes)."""
+    index = torch.tensor(keep, device=mask.device)
+    out = new_cache(config)
+    for new, old in zip(out.layers, cache.layers, strict=True):
+        new.lazy_initialization(old.keys, old.values)
+        new.keys, new.values = old.keys[index], old.values[index]
+    return keep_rows(out, mask[index], list(range(len(keep))))
+

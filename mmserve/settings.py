@@ -33,6 +33,9 @@ class Settings:
     batch_max_size: int = 16  # rows in a text model's continuous batch; 1: one at a time
     kv_cache_gb: float | None = None  # KV cache per text model; None = 1/4 of free memory at load
     prefill_chunk_tokens: int = 512  # prompt tokens prefilled per engine step (between decodes)
+    # Requests with max_tokens up to this decode in a lane of their own, ahead of longer
+    # ones (which still decode at least every 9th step); 0: every request in one batch
+    short_max_tokens: int = 16
     # Static KV cache + torch.compile for the text family: off | cuda (models on a GPU) | all
     # (also on the CPU; slow to compile, useful for checks). The first load compiles (tens of s).
     text_compile: str = "off"
@@ -146,6 +149,8 @@ def _coerce(cls, key: str, value):
                 "batch_max_size",
                 "max_n",
             ) and (number < 1):
+                raise ValueError(key)
+            if key == "short_max_tokens" and number < 0:
                 raise ValueError(key)
             return number
         if isinstance(default, float):

@@ -145,8 +145,8 @@ def test_constrained_and_free_rows_share_a_batch(live, client):
 
     def free():
         return client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
-        )
+            model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=30
+        )  # over short_max_tokens (16): the same lane as the constrained row
 
     with ThreadPoolExecutor(2) as pool:
         a = pool.submit(parse, client, Ticket, PROMPTS[0])

@@ -56,6 +56,7 @@ class TextHandler(FamilyHandler):
             kv_budget(lm, settings),
             settings.queue_timeout,
             settings.prefill_chunk_tokens,
+            settings.short_max_tokens,
         )
 
     def load(self, spec, path, plan):
