@@ -148,7 +148,8 @@ def open_loop(
         "tokens": tokens,
         "offered_tok_s": tokens / seconds,  # what the arrivals asked for, per second
         "tok_s": tokens / max(seconds, wall - drain),  # what the server delivered
-        "kept_up": tokens / max(seconds, wall - drain) >= 0.9 * tokens / seconds,
+        # No arrival in the window measures nothing: not counted as keeping up.
+        "kept_up": tokens > 0 and tokens / max(seconds, wall - drain) >= 0.9 * tokens / seconds,
         "short_p50": statistics.median(short) if short else None,
         "ttft_p50": load.pct(ttfts, 50) if ttfts else None,
         "ttft_p99": load.pct(ttfts, 99) if ttfts else None,
@@ -165,7 +166,9 @@ def capacity(api, prompts, start_rate: float, seconds: float, steps: int, drain,
     probes: list[dict] = []
 
     def probe(rate: float) -> bool:
-        plan = arrivals(rate, seconds, prompts, seed=100 + len(probes))
+        # One seed for every probe: the same requests, compressed in time as the rate grows,
+        # so a higher rate never draws fewer arrivals than a lower one.
+        plan = arrivals(rate, seconds, prompts, seed=100)
         got = open_loop(api, plan, seconds, drain, count, pid)
         probes.append({"rate": rate, "kept_up": got["kept_up"], "tok_s": got["tok_s"]})
         return got["kept_up"]

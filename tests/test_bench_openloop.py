@@ -48,7 +48,7 @@ def test_probes_down_then_bisect_then_open_loop_at_70_percent_of_capacity(server
     assert rates[:3] == pytest.approx([start, start / 1.2, start / 1.44])
     assert rates[3] == pytest.approx((start / 1.2 * start / 1.44) ** 0.5)  # the bisection
     assert out["capacity"] == pytest.approx(start / 1.44)  # the bisection rate fell behind
-    assert len(out["probes"]) == 4 and [c[2] for c in server.calls[:4]] == [10] * 4
+    assert len(out["probes"]) == 4 and [c[1:] for c in server.calls[:4]] == [(100, 10)] * 4
     assert out["rate_from"] == {"rate": out["capacity"], "measured": True}
     assert out["plan_rate"] == pytest.approx(0.7 * out["capacity"])
     assert server.calls[-1] == (out["plan_rate"], 1, 100)  # the open loop comes last
@@ -108,3 +108,18 @@ def test_report_line_names_the_capacity_the_rate_came_from(server):
     assert f"70 % of the measured capacity, {ours['capacity']:.2f} req/s" in open_line
     assert "capacity:" in lines[1] and "open loop" in lines[2]  # probes are listed first
     assert "at most 5 probes per server" in report.cb_note({"counts": N})
+
+
+def test_probe_arrivals_grow_with_the_rate():
+    """One seed: a higher rate sends the same requests sooner, plus more, never fewer."""
+    slow = openloop.arrivals(0.5, 40, ["a", "b", "c"], seed=100)
+    fast = openloop.arrivals(0.6, 40, ["a", "b", "c"], seed=100)
+    assert len(fast) >= len(slow) > 0
+    for s, f in zip(slow, fast[: len(slow)], strict=True):
+        assert (f.prompt, f.max_tokens) == (s.prompt, s.max_tokens)
+        assert f.at == pytest.approx(s.at * 0.5 / 0.6)
+
+
+def test_a_window_without_arrivals_does_not_keep_up():
+    got = openloop.open_loop(None, [], 1.0, 0.0, len)
+    assert got["requests"] == 0 and got["kept_up"] is False
