@@ -148,7 +148,8 @@ def open_loop(
         "tokens": tokens,
         "offered_tok_s": tokens / seconds,  # what the arrivals asked for, per second
         "tok_s": tokens / max(seconds, wall - drain),  # what the server delivered
-        "kept_up": tokens / max(seconds, wall - drain) >= 0.9 * tokens / seconds,
+        # No arrival in the window measures nothing: not counted as keeping up.
+        "kept_up": tokens > 0 and tokens / max(seconds, wall - drain) >= 0.9 * tokens / seconds,
         "short_p50": statistics.median(short) if short else None,
         "ttft_p50": load.pct(ttfts, 50) if ttfts else None,
         "ttft_p99": load.pct(ttfts, 99) if ttfts else None,
@@ -159,42 +160,84 @@ def open_loop(
 def capacity(api, prompts, start_rate: float, seconds: float, steps: int, drain, count, pid=None):
     """The highest arrival rate (requests/s, same length mix) the server keeps up with: from
     `start_rate` up by 20 % per probe until it falls behind, or down by 20 % until it keeps
-    up. Returns (rate, probes); 0 when no probe kept up."""
-    best, probes, rate, going = 0.0, [], start_rate, None
-    for step in range(steps):
-        plan = arrivals(rate, seconds, prompts, seed=100 + step)
+    up; then, when that took fewer than `steps` probes, one more at the geometric mean of the
+    last rate kept up with and the first it fell behind at (halving the 20 % step). At most
+    `steps` probes of `seconds` each. Returns (rate, probes); 0 when no probe kept up."""
+    probes: list[dict] = []
+
+    def probe(rate: float) -> bool:
+        # One seed for every probe: the same requests, compressed in time as the rate grows,
+        # so a higher rate never draws fewer arrivals than a lower one.
+        plan = arrivals(rate, seconds, prompts, seed=100)
         got = open_loop(api, plan, seconds, drain, count, pid)
         probes.append({"rate": rate, "kept_up": got["kept_up"], "tok_s": got["tok_s"]})
-        if got["kept_up"]:
+        return got["kept_up"]
+
+    best, behind, rate = 0.0, None, start_rate  # behind: the lowest rate that fell behind
+    while len(probes) < steps:
+        if probe(rate):
             best = max(best, rate)
-            if going == "down":
+            if behind is not None:
                 break
-            going, rate = "up", rate * 1.2
+            rate *= 1.2
         else:
-            if going == "up":
+            behind = rate if behind is None else min(behind, rate)
+            if best:
                 break
-            going, rate = "down", rate / 1.2
+            rate /= 1.2
+    if best and behind is not None and len(probes) < steps:
+        mid = (best * behind) ** 0.5
+        if probe(mid):
+            best = mid
     return best, probes
 
 
-def measure_server(api, prompts, plan_rate, n: dict, count, pid=None) -> dict:
-    """Every (g) measure for one server; `plan_rate` None: 70 % of this server's capacity
-    estimated from its 16-client closed loop (mmserve's own run sets the rate for both)."""
+def rate_source(x: dict) -> str:
+    """Where the open-loop rate of one server's measures `x` (measure_server's dict) came from."""
+    basis = x["rate_from"]
+    if basis is None:
+        return "mmserve's rate and seeded arrivals"
+    if basis["measured"]:
+        return f"70 % of the measured capacity, {basis['rate']:.2f} req/s"
+    return (f"70 % of {basis['rate']:.2f} req/s, the lowest rate probed / 1.2: no capacity "
+            "probe kept up")  # fmt: skip
+
+
+def measure_server(
+    api, prompts, plan_rate, n: dict, count, pid=None, probe_start=None, log=None
+) -> dict:
+    """Every (g) measure for one server: closed loops, the 8-token latency alone, capacity
+    probes, then the open loop at `plan_rate` requests/s.
+
+    `plan_rate` None (mmserve's run, which sets the rate for both servers): 70 % of the
+    capacity the probes measured; when no probe kept up, 70 % of the lowest rate probed / 1.2
+    (`out["rate_from"]` says which). `probe_start` None: the probes start at 70 % of the rate
+    the 16-client closed loop would sustain at the mix's mean length (the peer gets mmserve's
+    start, so both probe the same rates)."""
     out: dict = {"closed": {}}
     for clients in (1, 8, 16):
         per = n["tput_single"] if clients == 1 else n["tput_server_each"]
         out["closed"][clients] = load.throughput(api, prompts, clients, per, 32, count)
     out["short_alone"] = load.latencies(api, prompts[0], min(LENGTHS), n["lat"], warmup=1)
-    if plan_rate is None:
-        per_request = statistics.mean(LENGTHS)
-        plan_rate = 0.7 * out["closed"][16]["tok_s"] / per_request
-    out["plan_rate"] = plan_rate
+    if probe_start is None:
+        probe_start = 0.7 * out["closed"][16]["tok_s"] / statistics.mean(LENGTHS)
+    out["probe_start"] = probe_start
     # The longest answer alone (capped: a noisy single-client figure must not hide a backlog).
     drain = min(max(LENGTHS) / out["closed"][1]["tok_s"], n["open_seconds"] / 4)
     out["drain"] = drain
+    out["capacity"], out["probes"] = capacity(
+        api, prompts, probe_start, n["probe_seconds"], n["probe_steps"], drain, count, pid
+    )
+    out["rate_from"] = None  # the rate was given (the peer runs mmserve's arrivals)
+    if plan_rate is None:
+        measured = out["capacity"] > 0
+        basis = out["capacity"] if measured else min(p["rate"] for p in out["probes"]) / 1.2
+        out["rate_from"] = {"rate": basis, "measured": measured}
+        plan_rate = 0.7 * basis
+    out["plan_rate"] = plan_rate
+    if log:
+        log(f"(g) capacity {out['capacity']:.2f} req/s; open loop at {plan_rate:.2f} req/s, "
+            f"{rate_source(out)}")  # fmt: skip
     plan = arrivals(plan_rate, n["open_seconds"], prompts, seed=1)
     out["open"] = open_loop(api, plan, n["open_seconds"], drain, count, pid)
-    out["capacity"], out["probes"] = capacity(
-        api, prompts, plan_rate, n["probe_seconds"], n["probe_steps"], drain, count, pid
-    )
     return out

@@ -12,6 +12,7 @@ import urllib.request
 import psutil
 
 from bench.load import pct
+from bench.openloop import rate_source
 
 # Requests per measurement: bounded so that a full run stays well under 10 minutes.
 COUNTS = {
@@ -128,15 +129,17 @@ def cb_numbers(r: dict) -> list[str]:
         short = f"{o['short_p50'] * 1000:.0f} ms" if o["short_p50"] is not None else "-"
         out += [
             f"- (g) {name}, closed loop tok/s (32 tokens): {closed}",
-            f"- (g) {name}, open loop at {o['rate']:.2f} req/s for {o['seconds']:.0f} s "
-            f"({o['requests']} requests, max_tokens from {{8, 32, 128, 256}}): offered "
+            f"- (g) {name}, capacity: {x['capacity']:.2f} req/s kept up with (probes of "
+            f"{r['counts']['probe_seconds']} s from {x['probe_start']:.2f} req/s: "
+            + ", ".join(f"{p['rate']:.2f} {'ok' if p['kept_up'] else 'behind'}"
+                        for p in x["probes"]) + ")",
+            f"- (g) {name}, open loop at {x['plan_rate']:.2f} req/s ({rate_source(x)}) for "
+            f"{o['seconds']:.0f} s ({o['requests']} requests: {o['rate']:.2f} req/s drawn, "
+            f"max_tokens from {{8, 32, 128, 256}}): offered "
             f"{o['offered_tok_s']:.1f} tok/s, delivered {o['tok_s']:.1f} tok/s (last answer "
             f"{o['wall']:.1f} s after the start); 8-token p50 {short} (alone "
             f"{statistics.median(x['short_alone']) * 1000:.0f} ms); time to first token p50 "
             f"{ttft50} ms, p99 {ttft99} ms; peak RSS {o['peak_rss_gb']:.2f} GB",
-            f"- (g) {name}, capacity: {x['capacity']:.2f} req/s kept up with (probes: "
-            + ", ".join(f"{p['rate']:.2f} {'ok' if p['kept_up'] else 'behind'}"
-                        for p in x["probes"]) + ")",
         ]  # fmt: skip
     return out
 
@@ -228,7 +231,7 @@ def notes(r: dict) -> list[str]:
     s = Settings()
     med = statistics.median
     if "server_lat" not in r:
-        return [cb_note()]
+        return [cb_note(r)]
     out = [
         "- (a) one request at a time on a keep-alive connection; the in-process baseline is "
         "chat template + tokenize + greedy `model.generate` + decode of the same float32 "
@@ -257,7 +260,7 @@ def notes(r: dict) -> list[str]:
         "weights by reference counting and runs no full collection)."
     )
     if "cb" in r:
-        out.append(cb_note())
+        out.append(cb_note(r))
     if "compile_tput" in r:
         out.append(
             "- (f) a second mmserve with `MMSERVE_TEXT_COMPILE=all`, mode `default` (inductor, "
@@ -270,18 +273,25 @@ def notes(r: dict) -> list[str]:
     return out
 
 
-def cb_note() -> str:
+def cb_note(r: dict) -> str:
     return (
         "- (g) each server alone on the machine, mmserve first: closed loops of 1, 8 and 16 "
-        "clients (32 tokens, greedy); the open loop sends Poisson arrivals at 70 % of "
-        "mmserve's capacity estimated from its 16-client closed loop (the same seeded "
-        "arrivals to both), each request streamed on its own connection, max_tokens drawn "
-        "from {8, 32, 128, 256}; delivered tokens/s = tokens / (time to the last answer - "
-        "the time a 256-token answer takes alone at the server's single-client speed, at most a "
-        "quarter of the window). "
-        "Capacity: open loops from that rate up by 20 % per probe while the server delivers "
-        ">= 90 % of what was offered. Peak RSS of the server's process tree during the open "
-        "loop."
+        "clients (32 tokens, greedy), then the capacity probes, then the open loop. Every open "
+        "loop streams each request on its own connection, with max_tokens drawn from "
+        "{8, 32, 128, 256}; delivered tokens/s = tokens / (time to the last answer - the time a "
+        "256-token answer takes alone at the server's single-client speed, at most a quarter of "
+        "the window); a server keeps up when it delivers >= 90 % of what was offered. "
+        "Capacity (the highest Poisson arrival rate kept up with): probes start at 70 % of the "
+        "rate mmserve's 16-client closed loop would sustain at the mix's mean length (the same "
+        "start for both servers), step up by 20 % while the server keeps up or down by 20 % "
+        "until it does, then, if a probe is left, one more at the geometric mean of the last "
+        "rate kept up with and the first one behind; at most "
+        f"{r['counts']['probe_steps']} probes per server, all from one seed (a higher rate "
+        "sends the same requests sooner, plus more). The open loop sends Poisson "
+        "arrivals at 70 % of mmserve's measured capacity (if no probe kept up, of the lowest "
+        "rate probed / 1.2, said in its line), the same seeded arrivals to both servers; the "
+        "number of requests drawn varies around rate x window, so the rate drawn is shown too. "
+        "Peak RSS of the server's process tree during the open loop."
     )
 
 

@@ -5,9 +5,9 @@ throughput at 1/4/8 clients, (c) the same load against `transformers serve`, (d)
 time to first token over prefill plus one decode step, (e) cold load and model swap over
 raw from_pretrained, (f) static cache + torch.compile over eager, (g) with `--peer-cb`,
 continuous batching against `transformers serve --continuous-batching` (closed loop at 8
-and 16 clients, open-loop Poisson arrivals of mixed lengths, capacity, memory), and a GPU
-section when CUDA is available. It prints the ratios and writes bench/RESULTS.md. Servers run as real
-processes on free loopback ports.
+and 16 clients, capacity, open-loop Poisson arrivals of mixed lengths at 70 % of mmserve's
+capacity, memory), and a GPU section when CUDA is available. It prints the ratios and writes
+bench/RESULTS.md. Servers run as real processes on free loopback ports.
 """
 
 from __future__ import annotations
@@ -211,8 +211,10 @@ def measure_cb(r: dict, n: dict, args, model_dir: Path, bench_models: Path, conf
         api = pick_api(ours.port)
         r.setdefault("api", api.kind)
         load.latencies(api, PROMPT, 8, 1, warmup=1)  # loads the model
-        log("(g) mmserve: closed loop 1/8/16 clients, open loop, capacity")
-        r["cb"]["ours"] = openloop.measure_server(api, PROMPTS, None, n, count, ours.proc.pid)
+        log("(g) mmserve: closed loop 1/8/16 clients, capacity probes, open loop")
+        r["cb"]["ours"] = openloop.measure_server(
+            api, PROMPTS, None, n, count, ours.proc.pid, log=log
+        )
     finally:
         ours.stop()
     if args.no_peer:
@@ -222,9 +224,11 @@ def measure_cb(r: dict, n: dict, args, model_dir: Path, bench_models: Path, conf
     try:
         api = load.Api(peer.port, "openai", str(model_dir))
         load.latencies(api, PROMPT, 8, 1, warmup=1)
-        log("(g) peer: the same closed loops and arrivals")
-        rate = r["cb"]["ours"]["plan_rate"]
-        r["cb"]["peer"] = openloop.measure_server(api, PROMPTS, rate, n, count, peer.proc.pid)
+        log("(g) peer: the same closed loops, probes from the same rate, the same arrivals")
+        rate, start = r["cb"]["ours"]["plan_rate"], r["cb"]["ours"]["probe_start"]
+        r["cb"]["peer"] = openloop.measure_server(
+            api, PROMPTS, rate, n, count, peer.proc.pid, probe_start=start, log=log
+        )
     finally:
         peer.stop()
 
