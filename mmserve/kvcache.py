@@ -179,4 +179,3 @@ def take_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int], config):
         new.lazy_initialization(old.keys, old.values)
         new.keys, new.values = old.keys[index], old.values[index]
     return keep_rows(out, mask[index], list(range(len(keep))))
-

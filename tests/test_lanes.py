@@ -6,9 +6,21 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from mmserve.lanes import Lane, pick
 from tests.conftest import tiny_entry
-from tests.test_batching import MODEL, PROMPTS, apps, engine_of, post, same, together  # noqa: F401
+from tests.test_batching import MODEL, PROMPTS, engine_of, post, same, together
+
+
+@pytest.fixture
+def apps(make_app):
+    """(alone, batched): the tiny text model one row at a time, and batched with defaults."""
+    alone = make_app([tiny_entry(MODEL)], batch_max_size=1)
+    batched = make_app([tiny_entry(MODEL)], batch_max_size=8)
+    for app in (alone, batched):
+        app.extensions["mmserve"].manager.load(MODEL)
+    return alone, batched
 
 
 class _Seq:
