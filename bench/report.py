@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import time
 import urllib.request
@@ -320,3 +321,15 @@ def render(r: dict) -> str:
         "## GPU", "", *gpu_section(r), "",
     ]  # fmt: skip
     return "\n".join(head) + "\n"
+
+
+def keep_other_sections(old: str, new: str) -> str:
+    """`new` followed by every "## " section of `old` whose heading `new` lacks (the sections
+    `bench.structured` and `bench.cluster` write into the same file)."""
+    headings = set(re.findall(r"^## .*$", new, flags=re.M))
+    kept = [
+        part.rstrip("\n")
+        for part in re.split(r"^(?=## )", old, flags=re.M)
+        if part.startswith("## ") and part.splitlines()[0] not in headings
+    ]
+    return "\n\n".join([new.rstrip("\n"), *kept]) + "\n"

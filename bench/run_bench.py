@@ -274,9 +274,12 @@ def main(argv=None) -> int:
         log("GPU section" + (" (dry run on the CPU)" if args.gpu_dry_run else ""))
         r["gpu"] = gpu.run(servers.WORK, args.quick, dry_run=args.gpu_dry_run, log=log)
     r["seconds"] = time.monotonic() - started
+    out = Path(args.out)
     text = report.render(r)
+    if out.exists():  # sections other runs wrote (bench.structured, bench.cluster) stay
+        text = report.keep_other_sections(out.read_text(), text)
     print(report.table(r))
-    Path(args.out).write_text(text)
+    out.write_text(text)
     log(f"wrote {args.out} ({r['seconds']:.0f} s in all)")
     return 0
 

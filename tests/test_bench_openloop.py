@@ -123,3 +123,12 @@ def test_probe_arrivals_grow_with_the_rate():
 def test_a_window_without_arrivals_does_not_keep_up():
     got = openloop.open_loop(None, [], 1.0, 0.0, len)
     assert got["requests"] == 0 and got["kept_up"] is False
+
+
+def test_a_new_report_keeps_the_sections_other_runs_wrote():
+    old = "# R\n\n## Targets\nold\n\n## Structured output\nS\n\n## Cluster (Ray Serve)\nC\n"
+    new = "# R\n\n## Targets\nnew\n\n## GPU\nnone\n"
+    got = report.keep_other_sections(old, new)
+    assert got.startswith(new.rstrip("\n")) and "old" not in got
+    assert got.index("## Structured output\nS") < got.index("## Cluster (Ray Serve)\nC")
+    assert report.keep_other_sections(got, new) == got  # idempotent
