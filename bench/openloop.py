@@ -1,7 +1,7 @@
 """Continuous-batching measures (g): closed loop at 8 and 16 clients, open-loop Poisson arrivals
 of mixed lengths, capacity and memory, for mmserve and `transformers serve --continuous-batching`.
 
-Both servers get the same arrival lists (seeded), one server after the other.
+Both servers get the same arrival lists (seeded); bench/interleave.py runs them in alternation.
 """
 
 from __future__ import annotations
@@ -157,41 +157,6 @@ def open_loop(
     }
 
 
-def capacity(api, prompts, start_rate: float, seconds: float, steps: int, drain, count, pid=None):
-    """The highest arrival rate (requests/s, same length mix) the server keeps up with: from
-    `start_rate` up by 20 % per probe until it falls behind, or down by 20 % until it keeps
-    up; then, when that took fewer than `steps` probes, one more at the geometric mean of the
-    last rate kept up with and the first it fell behind at (halving the 20 % step). At most
-    `steps` probes of `seconds` each. Returns (rate, probes); 0 when no probe kept up."""
-    probes: list[dict] = []
-
-    def probe(rate: float) -> bool:
-        # One seed for every probe: the same requests, compressed in time as the rate grows,
-        # so a higher rate never draws fewer arrivals than a lower one.
-        plan = arrivals(rate, seconds, prompts, seed=100)
-        got = open_loop(api, plan, seconds, drain, count, pid)
-        probes.append({"rate": rate, "kept_up": got["kept_up"], "tok_s": got["tok_s"]})
-        return got["kept_up"]
-
-    best, behind, rate = 0.0, None, start_rate  # behind: the lowest rate that fell behind
-    while len(probes) < steps:
-        if probe(rate):
-            best = max(best, rate)
-            if behind is not None:
-                break
-            rate *= 1.2
-        else:
-            behind = rate if behind is None else min(behind, rate)
-            if best:
-                break
-            rate /= 1.2
-    if best and behind is not None and len(probes) < steps:
-        mid = (best * behind) ** 0.5
-        if probe(mid):
-            best = mid
-    return best, probes
-
-
 def rate_source(x: dict) -> str:
     """Where the open-loop rate of one server's measures `x` (measure_server's dict) came from."""
     basis = x["rate_from"]
@@ -201,43 +166,3 @@ def rate_source(x: dict) -> str:
         return f"70 % of the measured capacity, {basis['rate']:.2f} req/s"
     return (f"70 % of {basis['rate']:.2f} req/s, the lowest rate probed / 1.2: no capacity "
             "probe kept up")  # fmt: skip
-
-
-def measure_server(
-    api, prompts, plan_rate, n: dict, count, pid=None, probe_start=None, log=None
-) -> dict:
-    """Every (g) measure for one server: closed loops, the 8-token latency alone, capacity
-    probes, then the open loop at `plan_rate` requests/s.
-
-    `plan_rate` None (mmserve's run, which sets the rate for both servers): 70 % of the
-    capacity the probes measured; when no probe kept up, 70 % of the lowest rate probed / 1.2
-    (`out["rate_from"]` says which). `probe_start` None: the probes start at 70 % of the rate
-    the 16-client closed loop would sustain at the mix's mean length (the peer gets mmserve's
-    start, so both probe the same rates)."""
-    out: dict = {"closed": {}}
-    for clients in (1, 8, 16):
-        per = n["tput_single"] if clients == 1 else n["tput_server_each"]
-        out["closed"][clients] = load.throughput(api, prompts, clients, per, 32, count)
-    out["short_alone"] = load.latencies(api, prompts[0], min(LENGTHS), n["lat"], warmup=1)
-    if probe_start is None:
-        probe_start = 0.7 * out["closed"][16]["tok_s"] / statistics.mean(LENGTHS)
-    out["probe_start"] = probe_start
-    # The longest answer alone (capped: a noisy single-client figure must not hide a backlog).
-    drain = min(max(LENGTHS) / out["closed"][1]["tok_s"], n["open_seconds"] / 4)
-    out["drain"] = drain
-    out["capacity"], out["probes"] = capacity(
-        api, prompts, probe_start, n["probe_seconds"], n["probe_steps"], drain, count, pid
-    )
-    out["rate_from"] = None  # the rate was given (the peer runs mmserve's arrivals)
-    if plan_rate is None:
-        measured = out["capacity"] > 0
-        basis = out["capacity"] if measured else min(p["rate"] for p in out["probes"]) / 1.2
-        out["rate_from"] = {"rate": basis, "measured": measured}
-        plan_rate = 0.7 * basis
-    out["plan_rate"] = plan_rate
-    if log:
-        log(f"(g) capacity {out['capacity']:.2f} req/s; open loop at {plan_rate:.2f} req/s, "
-            f"{rate_source(out)}")  # fmt: skip
-    plan = arrivals(plan_rate, n["open_seconds"], prompts, seed=1)
-    out["open"] = open_loop(api, plan, n["open_seconds"], drain, count, pid)
-    return out

@@ -18,9 +18,9 @@ from bench.openloop import rate_source
 # Requests per measurement: bounded so that a full run stays well under 10 minutes.
 COUNTS = {
     "full": dict(rounds=5, lat=3, ttft=2, tput_single=4, tput_server_each=3, tput_peer_each=2,
-                 loads=12, open_seconds=120, probe_seconds=40, probe_steps=5),
+                 loads=12, open_seconds=120, probe_seconds=40, probe_steps=5, cb_rounds=3),
     "quick": dict(rounds=2, lat=2, ttft=2, tput_single=2, tput_server_each=1, tput_peer_each=1,
-                  loads=2, open_seconds=10, probe_seconds=6, probe_steps=2),
+                  loads=2, open_seconds=10, probe_seconds=6, probe_steps=2, cb_rounds=2),
 }  # fmt: skip
 NO_GPU = "no GPU was available in this run; the GPU section was not measured."
 
@@ -276,8 +276,13 @@ def notes(r: dict) -> list[str]:
 
 def cb_note(r: dict) -> str:
     return (
-        "- (g) each server alone on the machine, mmserve first: closed loops of 1, 8 and 16 "
-        "clients (32 tokens, greedy), then the capacity probes, then the open loop. Every open "
+        "- (g) both servers up at once (an idle one costs nothing) and measured in turn, so "
+        "that drift on the machine hits both alike: closed loops of 1, 8 and 16 clients (32 "
+        f"tokens, greedy) in up to {r['counts']['cb_rounds']} rounds that split each client's "
+        "requests, mmserve first in odd rounds and the peer first in even ones, tokens and "
+        "seconds summed over the rounds; then the capacity probes, one probe of each server in "
+        "turn (the order flipped each turn); then the open loops, mmserve's then the peer's "
+        "right after. Every open "
         "loop streams each request on its own connection, with max_tokens drawn from "
         "{8, 32, 128, 256}; delivered tokens/s = tokens / (time to the last answer - the time a "
         "256-token answer takes alone at the server's single-client speed, at most a quarter of "
@@ -292,7 +297,7 @@ def cb_note(r: dict) -> str:
         "arrivals at 70 % of mmserve's measured capacity (if no probe kept up, of the lowest "
         "rate probed / 1.2, said in its line), the same seeded arrivals to both servers; the "
         "number of requests drawn varies around rate x window, so the rate drawn is shown too. "
-        "Peak RSS of the server's process tree during the open loop."
+        "Peak RSS of the server's process tree during its own open loop (the other idle)."
     )
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench import inproc, load, openloop, quiet, report, servers  # noqa: E402
+from bench import inproc, interleave, load, quiet, report, servers  # noqa: E402
 
 PROMPT = "Write a story about a robot who learns to paint."
 PROMPTS = [
@@ -195,8 +195,9 @@ def measure_compiled(r, n, api, bench_models, config, count, started) -> None:
 
 
 def measure_cb(r: dict, n: dict, args, model_dir: Path, bench_models: Path, config: Path) -> None:
-    """(g) continuous batching: mmserve, then `transformers serve --continuous-batching`, each
-    alone on the machine, under the same closed loops and the same Poisson arrivals."""
+    """(g) continuous batching: mmserve and `transformers serve --continuous-batching` both up
+    (an idle one costs nothing), measured in alternation (bench/interleave.py) under the same
+    closed loops and the same Poisson arrivals, so drift on the machine hits both alike."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -204,33 +205,29 @@ def measure_cb(r: dict, n: dict, args, model_dir: Path, bench_models: Path, conf
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    r["cb"] = {}
-    log("(g) starting mmserve for the continuous-batching measures")
-    ours = servers.start_mmserve(bench_models, config, ram_budget_gb=8.0)
+    started = []
     try:
+        log("(g) starting mmserve for the continuous-batching measures")
+        ours = servers.start_mmserve(bench_models, config, ram_budget_gb=8.0)
+        started.append(ours)
         api = pick_api(ours.port)
         r.setdefault("api", api.kind)
         load.latencies(api, PROMPT, 8, 1, warmup=1)  # loads the model
-        log("(g) mmserve: closed loop 1/8/16 clients, capacity probes, open loop")
-        r["cb"]["ours"] = openloop.measure_server(
-            api, PROMPTS, None, n, count, ours.proc.pid, log=log
-        )
+        targets = {"ours": interleave.Target(api, ours.proc.pid)}
+        if not args.no_peer:
+            log("(g) starting transformers serve --continuous-batching")
+            python = servers.ensure_peer_venv(log)
+            peer = servers.start_peer(python, model_dir, continuous_batching=True)
+            started.append(peer)
+            peer_api = load.Api(peer.port, "openai", str(model_dir))
+            load.latencies(peer_api, PROMPT, 8, 1, warmup=1)
+            targets["peer"] = interleave.Target(peer_api, peer.proc.pid)
+        log(f"(g) {' and '.join(targets)}: closed loops 1/8/16 clients in {n['cb_rounds']} "
+            "rounds, capacity probes in turn, open loops back to back with the same arrivals")  # fmt: skip
+        r["cb"] = interleave.measure_servers(targets, PROMPTS, n, count, log=log)
     finally:
-        ours.stop()
-    if args.no_peer:
-        return
-    log("(g) starting transformers serve --continuous-batching")
-    peer = servers.start_peer(servers.ensure_peer_venv(log), model_dir, continuous_batching=True)
-    try:
-        api = load.Api(peer.port, "openai", str(model_dir))
-        load.latencies(api, PROMPT, 8, 1, warmup=1)
-        log("(g) peer: the same closed loops, probes from the same rate, the same arrivals")
-        rate, start = r["cb"]["ours"]["plan_rate"], r["cb"]["ours"]["probe_start"]
-        r["cb"]["peer"] = openloop.measure_server(
-            api, PROMPTS, rate, n, count, peer.proc.pid, probe_start=start, log=log
-        )
-    finally:
-        peer.stop()
+        for server in reversed(started):
+            server.stop()
 
 
 def main(argv=None) -> int:
