@@ -158,7 +158,7 @@ def open_loop(
 
 
 def rate_source(x: dict) -> str:
-    """Where the open-loop rate of one server's measures `x` (measure_server's dict) came from."""
+    """Where the open-loop rate of one server's measures `x` (from measure_servers) came from."""
     basis = x["rate_from"]
     if basis is None:
         return "mmserve's rate and seeded arrivals"

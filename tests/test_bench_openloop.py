@@ -1,79 +1,111 @@
-"""The benchmark's (g) rate policy: capacity probes first, the open loop at 70 % of capacity."""
+"""The benchmark's (g): rate policy (capacity probes first, the open loop at 70 % of capacity)
+and the orchestration that measures both servers in alternation."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench import openloop, report
+from bench import interleave, openloop, report
 
 N = dict(tput_single=1, tput_server_each=1, lat=1, open_seconds=100, probe_seconds=10,
-         probe_steps=5)  # fmt: skip
+         probe_steps=5, cb_rounds=3)  # fmt: skip
 MEAN = sum(openloop.LENGTHS) / len(openloop.LENGTHS)
 
 
 @pytest.fixture
 def server(monkeypatch):
-    """A fake server that keeps up with arrival rates up to `server.capacity` req/s; the
-    closed loops report `closed16` tok/s at 16 clients. Records every open loop's rate."""
+    """Fake servers, named by their `api` ("ours", "peer"): each keeps up with arrival rates
+    up to `capacity[api]` req/s; the closed loops report `closed16` tok/s at 16 clients (the
+    peer half that). `calls` records every call in order: ("closed", api, clients, per) and
+    ("open", api, rate, seed, seconds)."""
 
     class Fake:
-        capacity = 1.0
+        capacity = {"ours": 1.0, "peer": 1.0}
         closed16 = 100.0
         calls: list = []
 
     def throughput(api, prompts, clients, per, max_tokens, count):
-        return {"tok_s": Fake.closed16 if clients == 16 else 20.0}
+        Fake.calls.append(("closed", api, clients, per))
+        tok_s = Fake.closed16 if clients == 16 else 20.0
+        tok_s /= 2 if api == "peer" else 1
+        seconds = 1.0 + len(Fake.calls)  # differs per round: sums must divide, not average
+        return {"clients": clients, "requests": clients * per, "tokens": tok_s * seconds,
+                "seconds": seconds, "tok_s": tok_s}  # fmt: skip
 
     def arrivals(rate, seconds, prompts, seed=0):
         return {"rate": rate, "seconds": seconds, "seed": seed}
 
     def open_loop(api, plan, seconds, drain, count, pid=None):
-        Fake.calls.append((plan["rate"], plan["seed"], seconds))
-        kept = plan["rate"] <= Fake.capacity
+        Fake.calls.append(("open", api, plan["rate"], plan["seed"], seconds))
+        kept = plan["rate"] <= Fake.capacity[api]
         return {"kept_up": kept, "tok_s": 1.0, "rate": plan["rate"], "seconds": seconds}
 
-    monkeypatch.setattr(openloop.load, "throughput", throughput)
-    monkeypatch.setattr(openloop.load, "latencies", lambda *a, **k: [0.4])
+    monkeypatch.setattr(interleave.load, "throughput", throughput)
+    monkeypatch.setattr(interleave.load, "latencies", lambda *a, **k: [0.4])
     monkeypatch.setattr(openloop, "arrivals", arrivals)
     monkeypatch.setattr(openloop, "open_loop", open_loop)
     return Fake
 
 
+def ours_alone(n=N) -> dict:
+    return interleave.measure_servers({"ours": interleave.Target("ours")}, ["p"], n, len)["ours"]
+
+
+def both(n=N) -> dict:
+    targets = {"ours": interleave.Target("ours", 1), "peer": interleave.Target("peer", 2)}
+    return interleave.measure_servers(targets, ["p"], n, len)
+
+
+def opens(calls, api=None) -> list:
+    return [c for c in calls if c[0] == "open" and api in (None, c[1])]
+
+
 def test_probes_down_then_bisect_then_open_loop_at_70_percent_of_capacity(server):
-    server.capacity = 0.7
+    server.capacity["ours"] = 0.7
     server.closed16 = 150.0  # start 0.99 behind, 0.83 behind, 0.69 ok; bisection 0.75 behind
     start = 0.7 * 150.0 / MEAN
-    out = openloop.measure_server(None, ["p"], None, N, len)
-    rates = [c[0] for c in server.calls]
+    out = ours_alone()
+    rates = [c[2] for c in opens(server.calls)]
     assert rates[:3] == pytest.approx([start, start / 1.2, start / 1.44])
     assert rates[3] == pytest.approx((start / 1.2 * start / 1.44) ** 0.5)  # the bisection
     assert out["capacity"] == pytest.approx(start / 1.44)  # the bisection rate fell behind
-    assert len(out["probes"]) == 4 and [c[1:] for c in server.calls[:4]] == [(100, 10)] * 4
+    assert len(out["probes"]) == 4
+    assert [c[3:] for c in opens(server.calls)[:4]] == [(100, 10)] * 4
     assert out["rate_from"] == {"rate": out["capacity"], "measured": True}
     assert out["plan_rate"] == pytest.approx(0.7 * out["capacity"])
-    assert server.calls[-1] == (out["plan_rate"], 1, 100)  # the open loop comes last
+    assert server.calls[-1] == ("open", "ours", out["plan_rate"], 1, 100)  # open loop last
     assert out["open"]["rate"] == out["plan_rate"]
 
 
 def test_a_bisection_probe_that_keeps_up_is_the_capacity(server):
-    server.capacity = 0.76
+    server.capacity["ours"] = 0.76
     server.closed16 = 150.0  # as above, but the bisection at 0.75 keeps up
-    out = openloop.measure_server(None, ["p"], None, N, len)
+    out = ours_alone()
     assert [p["kept_up"] for p in out["probes"]] == [False, False, True, True]
     assert out["capacity"] == pytest.approx(out["probes"][3]["rate"])
     assert out["plan_rate"] == pytest.approx(0.7 * out["probes"][3]["rate"])
 
 
+def test_probes_up_then_bisect(server):
+    server.capacity["ours"] = 1.3  # start 0.84 ok, 1.01 ok, 1.21 ok, 1.45 behind; 1.33 behind
+    server.closed16 = 100.0 * 0.84 / (0.7 * 100.0 / MEAN)
+    out = ours_alone()
+    rates = [p["rate"] for p in out["probes"]]
+    assert rates[:4] == pytest.approx([0.84, 0.84 * 1.2, 0.84 * 1.44, 0.84 * 1.728])
+    assert rates[4] == pytest.approx((0.84 * 1.44 * 0.84 * 1.728) ** 0.5)
+    assert out["capacity"] == pytest.approx(0.84 * 1.44)
+
+
 def test_bisection_counts_within_the_probe_budget(server):
-    server.capacity = 10.0  # keeps up with every probe: five steps up, no bisection
-    out = openloop.measure_server(None, ["p"], None, N, len)
+    server.capacity["ours"] = 10.0  # keeps up with every probe: five steps up, no bisection
+    out = ours_alone()
     assert len(out["probes"]) == 5 and all(p["kept_up"] for p in out["probes"])
     assert out["capacity"] == pytest.approx(out["probe_start"] * 1.2**4)
 
 
 def test_no_probe_kept_up_falls_back_to_lowest_rate_over_1_2(server):
-    server.capacity = 0.01
-    out = openloop.measure_server(None, ["p"], None, N, len)
+    server.capacity["ours"] = 0.01
+    out = ours_alone()
     lowest = min(p["rate"] for p in out["probes"])
     assert out["capacity"] == 0 and len(out["probes"]) == 5
     assert out["rate_from"] == {"rate": pytest.approx(lowest / 1.2), "measured": False}
@@ -81,16 +113,69 @@ def test_no_probe_kept_up_falls_back_to_lowest_rate_over_1_2(server):
     assert "no capacity probe kept up" in openloop.rate_source(out)
 
 
-def test_peer_gets_the_given_rate_and_probe_start(server):
-    server.capacity = 0.5
-    out = openloop.measure_server(None, ["p"], 0.42, N, len, probe_start=0.6)
-    assert server.calls[0][0] == 0.6  # probes start at mmserve's start, not the peer's own
-    assert server.calls[-1][:2] == (0.42, 1)  # mmserve's rate and seeded arrivals
-    assert out["rate_from"] is None and out["plan_rate"] == 0.42
+def test_split_keeps_the_requests_per_client():
+    assert interleave.split(4, 3) == [2, 1, 1]
+    assert interleave.split(3, 3) == [1, 1, 1]
+    assert interleave.split(1, 3) == [1]  # never a round of nothing
+    assert interleave.split(5, 2) == [3, 2]
+
+
+def test_closed_loops_alternate_in_rounds_with_the_order_flipped(server):
+    n = dict(N, tput_single=4, tput_server_each=3)
+    out = both(n)
+    closed = [c for c in server.calls if c[0] == "closed"]
+    for clients, per in ((1, [2, 1, 1]), (8, [1, 1, 1]), (16, [1, 1, 1])):
+        got = [(api, k) for _, api, c, k in closed if c == clients]
+        assert got == [("ours", per[0]), ("peer", per[0]), ("peer", per[1]), ("ours", per[1]),
+                       ("ours", per[2]), ("peer", per[2])]  # fmt: skip
+    for x in out.values():  # the same total work as one run of per-client requests
+        assert x["closed"][1]["requests"] == 4 and x["closed"][16]["requests"] == 16 * 3
+        assert x["closed"][8]["rounds"] == 3
+    # tokens and seconds summed over the rounds (each round's rate is the same here)
+    assert out["ours"]["closed"][16]["tok_s"] == pytest.approx(100.0)
+    assert out["peer"]["closed"][16]["tok_s"] == pytest.approx(50.0)
+    assert out["ours"]["closed"][8]["seconds"] == pytest.approx(sum(
+        1.0 + i for i, c in enumerate(server.calls, 1) if c[:3] == ("closed", "ours", 8)
+    ))  # fmt: skip
+
+
+def test_summed_divides_the_sums():
+    runs = [dict(clients=8, requests=8, tokens=100.0, seconds=1.0, tok_s=100.0),
+            dict(clients=8, requests=8, tokens=100.0, seconds=4.0, tok_s=25.0)]  # fmt: skip
+    got = interleave.summed(runs)
+    assert got["tok_s"] == pytest.approx(40.0)  # not the mean of rates (62.5)
+    assert (got["requests"], got["tokens"], got["seconds"]) == (16, 200.0, 5.0)
+
+
+def test_probe_walks_alternate_and_stay_independent(server):
+    server.capacity = {"ours": 10.0, "peer": 0.7}
+    server.closed16 = 150.0  # start 0.99: ours keeps up 5 times; the peer walks down, bisects
+    out = both()
+    start = out["ours"]["probe_start"]
+    assert out["peer"]["probe_start"] == start  # the same start for both
+    probes = [c[1] for c in opens(server.calls)][:-2]
+    assert probes == ["ours", "peer", "peer", "ours", "ours", "peer", "peer", "ours", "ours"]
+    assert len(out["ours"]["probes"]) == 5 and len(out["peer"]["probes"]) == 4
+    assert out["ours"]["capacity"] == pytest.approx(start * 1.2**4)
+    assert out["peer"]["capacity"] == pytest.approx(start / 1.44)
+    alone = ours_alone()  # each walk is the one the server would walk alone
+    assert alone["probes"] == out["ours"]["probes"]
+
+
+def test_open_loops_back_to_back_with_ours_rate_and_arrivals(server):
+    server.capacity = {"ours": 0.9, "peer": 0.5}
+    out = both()
+    last = opens(server.calls)[-2:]
+    rate = out["ours"]["plan_rate"]
+    assert rate == pytest.approx(0.7 * out["ours"]["capacity"])
+    assert last == [("open", "ours", rate, 1, 100), ("open", "peer", rate, 1, 100)]
+    assert out["peer"]["plan_rate"] == rate and out["peer"]["rate_from"] is None
+    assert "mmserve's rate" in openloop.rate_source(out["peer"])
+    assert out["peer"]["capacity"] < out["ours"]["capacity"]
 
 
 def test_report_line_names_the_capacity_the_rate_came_from(server):
-    ours = openloop.measure_server(None, ["p"], None, N, len)
+    ours = ours_alone()
     ours["open"] = dict(
         requests=50,
         rate=0.5,
@@ -107,7 +192,9 @@ def test_report_line_names_the_capacity_the_rate_came_from(server):
     open_line = next(line for line in lines if "open loop" in line)
     assert f"70 % of the measured capacity, {ours['capacity']:.2f} req/s" in open_line
     assert "capacity:" in lines[1] and "open loop" in lines[2]  # probes are listed first
-    assert "at most 5 probes per server" in report.cb_note({"counts": N})
+    note = report.cb_note({"counts": N})
+    assert "at most 5 probes per server" in note and "up to 3 rounds" in note
+    assert "alone on the machine" not in note
 
 
 def test_probe_arrivals_grow_with_the_rate():
