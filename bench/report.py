@@ -18,9 +18,9 @@ from bench.openloop import rate_source
 # Requests per measurement: bounded so that a full run stays well under 10 minutes.
 COUNTS = {
     "full": dict(rounds=5, lat=3, ttft=2, tput_single=4, tput_server_each=3, tput_peer_each=2,
-                 loads=12, open_seconds=120, probe_seconds=40, probe_steps=5, cb_rounds=3),
+                 loads=12, open_seconds=120, probe_seconds=40, probe_steps=5, cb_rounds=2, cb_each=4),
     "quick": dict(rounds=2, lat=2, ttft=2, tput_single=2, tput_server_each=1, tput_peer_each=1,
-                  loads=2, open_seconds=10, probe_seconds=6, probe_steps=2, cb_rounds=2),
+                  loads=2, open_seconds=10, probe_seconds=6, probe_steps=2, cb_rounds=2, cb_each=1),
 }  # fmt: skip
 NO_GPU = "no GPU was available in this run; the GPU section was not measured."
 
