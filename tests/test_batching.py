@@ -310,4 +310,7 @@ def test_kv_budget_exhaustion_queues_then_answers_503_and_never_crashes(make_app
     assert got["long"]["usage"]["completion_tokens"] == 450  # unharmed
     monkeypatch.undo()
     assert post(app, {"prompt": PROMPTS[1], "max_new_tokens": 100})["response"]
+    give_up = time.monotonic() + 10
+    while engine.running and time.monotonic() < give_up:  # evicted at the engine's next step
+        time.sleep(0.001)
     assert engine._thread.is_alive() and engine.cache_bytes() == 0
