@@ -244,7 +244,12 @@ def notes(r: dict) -> list[str]:
         f"- mmserve ran with its defaults: continuous batching of up to batch_max_size "
         f"{s.batch_max_size} rows (a request joins the running batch at the next step, a "
         f"finished one leaves at once), prompts prefilled {s.prefill_chunk_tokens} tokens "
-        "per step, KV cache budget a quarter of the free memory at load.",
+        "per step, KV cache budget a quarter of the free memory at load, prefix caching "
+        "(an eighth of that budget; the peer's block sharing is on by default too) and the "
+        "CPU lm_head on oneDNN from 4 rows. The benchmark's prompts repeat (8 prompts, each "
+        "client cycling through them, ~24 of their ~42 tokens the chat template's shared "
+        "head), so after the first request of each prompt both servers reuse cached KV; "
+        "the in-process generate of (a) does not.",
         "- transformers serve: `transformers serve DIR --device cpu --dtype float32` from "
         "bench/.work/venv, which holds only the `transformers[serving]` extras and shares "
         "torch/transformers with .venv through a .pth file. By default it runs generate() "

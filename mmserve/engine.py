@@ -4,7 +4,8 @@ Each step the engine (a) admits waiting requests while there are free rows and K
 budget, prefilling them as one left-padded group in chunks of about `prefill_chunk`
 tokens (one chunk per step, so running rows wait one chunk at most) and then merging
 their KV into a lane of running rows (`mmserve.lanes`: short requests apart from long
-ones); (b) runs one decode forward for every row of the lane whose turn it is;
+ones), starting after the longest prefix the prefix cache holds (`mmserve.prefix`; a prompt
+held whole but its last token skips the prefill and joins its lane at once); (b) runs one decode forward for every row of the lane whose turn it is;
 (c) samples each row with its own processors and generator (`mmserve.sampling`), reading
 the row's logprobs from the raw logits first when it asked (`mmserve.logprobs`); and
 (d) hands each row its token (`mmserve.rows.Row`: text, stops, limits) and evicts the
@@ -33,10 +34,11 @@ import torch
 
 from .errors import BadRequest, Unavailable
 from .generation import eos_ids
-from .kvcache import cache_bytes, keep_rows, per_token_bytes, take_rows
+from .kvcache import cache_bytes, keep_rows, per_token_bytes, prefilled, take_rows
 from .lanes import Lane, pick
 from .logprobs import capture
 from .prefill import Prefill, Seq
+from .prefix import PrefixCache
 from .rows import Row, Rows
 from .sampling import RowSampling, Sampler
 
@@ -56,10 +58,13 @@ class TextEngine:
         prefill_chunk: int = 512,
         short_max_tokens: int = 0,
         main_every: int = 8,
+        prefix_bytes: int = 0,
     ):
         """`short_max_tokens`: requests with at most this many tokens to make decode in the
         short lane (0: one lane); `main_every`: the long lane decodes at least once per this
-        many steps plus one. ValueError for sizes out of range."""
+        many steps plus one; `prefix_bytes`: room for stored prompts' KV (`mmserve.prefix`;
+        0: no prefix caching), taken out of `kv_budget` while held. ValueError for sizes out
+        of range."""
         if max_rows < 1 or kv_budget <= 0 or prefill_chunk < 1:
             raise ValueError("batch_max_size, the KV budget and prefill_chunk must be positive")
         if short_max_tokens < 0 or main_every < 1:
@@ -80,6 +85,7 @@ class TextEngine:
         self.pad_id = pad if pad is not None else 0
         self.waiting: deque[Seq] = deque()
         self.short, self.main = Lane("short"), Lane("main")
+        self.prefix = PrefixCache(min(int(prefix_bytes), self.kv_budget))
         self.job: Prefill | None = None
         self.closed = False
         self.steps = 0  # decode forwards run
@@ -129,12 +135,14 @@ class TextEngine:
     def cache_bytes(self) -> int:
         """Bytes the KV cache holds now (running rows and a prefill in progress)."""
         job = self.job
-        held = self.short.bytes() + self.main.bytes()
+        held = self.short.bytes() + self.main.bytes() + self.prefix.bytes
         return held + (cache_bytes(job.cache) if job is not None else 0)
 
     def reserved_bytes(self) -> int:
+        """Bytes reserved for the admitted rows plus the prefix cache's entries."""
         job = self.job
-        return self._reserved(self.running + (job.seqs if job is not None else []))
+        seqs = self.running + (job.seqs if job is not None else [])
+        return self._reserved(seqs) + self.prefix.bytes
 
     def abort(self, error: BaseException) -> None:
         """End every request now with `error` (the engine evicts them at its next step)."""
@@ -155,6 +163,7 @@ class TextEngine:
             self._thread.join(timeout)
         self.abort(Unavailable(f"model '{self.name}' was unloaded; try again"))
         self.short.clear(), self.main.clear()
+        self.prefix.clear()
         self.job = None
 
     # --- the engine thread ------------------------------------------------
@@ -176,8 +185,10 @@ class TextEngine:
                         self._cond.wait(0.05)  # only rows that expired or were cancelled
                         continue
                 try:
-                    if taken:
-                        self.job = Prefill(taken, self.pad_id, self.model.config)
+                    rest = self._fold(taken)
+                    if rest:
+                        self.job = Prefill(rest, self.pad_id, self.model.config)
+                        self.job.reuse(self.prefix, self.model.config)
                     if self.job is not None:
                         self._prefill_step()
                     self._drop_done()
@@ -219,8 +230,11 @@ class TextEngine:
             # A group larger than the batch still runs, alone.
             if rows > self.max_rows and (self.running or taken):
                 break
-            if self._reserved(self.running + taken + group) > self.kv_budget:
-                break  # the oldest waits for room; later ones do not overtake it
+            need = self._reserved(self.running + taken + group)
+            if need > self.kv_budget - self.prefix.bytes:
+                self.prefix.shrink(max(0, self.kv_budget - need))  # stored prompts go first
+                if need > self.kv_budget - self.prefix.bytes:
+                    break  # the oldest waits for room; later ones do not overtake it
             for s in group:
                 self.waiting.remove(s)
             taken.extend(group)
@@ -253,6 +267,8 @@ class TextEngine:
         if end < width:
             return
         self.job = None
+        for r, s in enumerate(job.firsts):
+            self.prefix.store(s.prompt, job.cache, r, width - int(s.prompt.shape[0]))
         logits = logits[job.source]  # one row per seq: siblings read their prompt's row
         keep, sampled = [], self._sample(job.seqs, logits)
         for i, (s, token) in enumerate(zip(job.seqs, sampled, strict=True)):
@@ -262,16 +278,48 @@ class TextEngine:
                 s.row.finish("length")  # scoring only (echo with max_tokens 0)
             elif not s.row.push(token, self._entry(s, logits[i], token)):
                 keep.append(i)
+        self._join([job.seqs[i] for i in keep], [job.source[i] for i in keep], job.cache, job.mask)
+        self.prefix.shrink(max(0, self.kv_budget - self._reserved(self.running)))
+
+    def _lane_of(self, s: Seq) -> Lane:
+        return self.short if s.row.max_new_tokens <= self.short_max_tokens else self.main
+
+    def _join(self, seqs: list[Seq], rows: list[int], cache, mask) -> None:
+        """Put `seqs` in their lanes; seq i's KV is row `rows[i]` of `cache` (a row may serve
+        several seqs: the n choices of one prompt)."""
         for lane in (self.short, self.main):
-            mine = [i for i in keep if (job.seqs[i].row.max_new_tokens <= self.short_max_tokens)
-                    == (lane is self.short)]  # fmt: skip
+            mine = [i for i, s in enumerate(seqs) if self._lane_of(s) is lane]
             if mine:
-                rows = [job.source[i] for i in mine]
-                if len(mine) == len(keep):  # the whole group goes to one lane
-                    cache, mask = keep_rows(job.cache, job.mask, rows)
+                index = [rows[i] for i in mine]
+                if len(mine) == len(seqs):  # all go to one lane: the cache is theirs
+                    part, part_mask = keep_rows(cache, mask, index)
                 else:
-                    cache, mask = take_rows(job.cache, job.mask, rows, self.model.config)
-                lane.add([job.seqs[i] for i in mine], cache, mask)
+                    part, part_mask = take_rows(cache, mask, index, self.model.config)
+                lane.add([seqs[i] for i in mine], part, part_mask)
+
+    def _fold(self, taken: list[Seq]) -> list[Seq]:
+        """Requests whose prompt, all but its last token, is in the prefix cache join their
+        lane now with that KV: their next decode step runs the last prompt token and makes
+        their first token, with no prefill forward. Returns the seqs left to prefill."""
+        rest: list[Seq] = []
+        for head in dict.fromkeys(s.group[0] for s in taken):  # each prompt once, in order
+            group = [s for s in taken if s.group[0] is head]
+            entry, n = None, 0
+            if self.prefix.enabled and head.sampler.prompt_logprobs is None:
+                if all(s.row.max_new_tokens > 0 for s in group):
+                    entry, n = self.prefix.lookup(head.prompt)
+            if entry is None or n < int(head.prompt.shape[0]) - 1:
+                rest.extend(group)
+                continue
+            self.prefix.count(n)
+            keys = [k[None, :, :n] for k in entry.keys]
+            values = [v[None, :, :n] for v in entry.values]
+            cache = prefilled(self.model.config, max(s.reserve for s in group), keys, values)
+            for s in group:
+                s.length, s.last = n, int(head.prompt[-1])
+            mask = torch.ones((1, n), dtype=torch.long, device=head.prompt.device)
+            self._join(group, [0] * len(group), cache, mask)
+        return rest
 
     def _decode_step(self, lane: Lane) -> None:
         seqs = lane.seqs
@@ -313,19 +361,3 @@ class TextEngine:
                 history = s.history() if s.sampler.processors else s.prompt[None]
                 out[i] = s.sampler(history, logits[i : i + 1])
         return out
-
-
-def kv_budget(lm, settings) -> int:
-    """Bytes of KV cache the model's engine may hold: `kv_cache_gb`, or by default a quarter
-    of the memory free at load (at least one row of min(context, 4096) tokens)."""
-    if settings.kv_cache_gb is not None:
-        return int(settings.kv_cache_gb * 1024**3)
-    if lm.model.device.type == "cuda":
-        free = torch.cuda.mem_get_info(lm.model.device)[0]
-    else:
-        import psutil
-
-        free = psutil.virtual_memory().available
-    per_token = per_token_bytes(lm.model.config, lm.model.dtype)
-    one_row = min(lm.context or 4096, 4096) * per_token
-    return int(max(free // 4, one_row))

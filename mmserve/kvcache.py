@@ -179,3 +179,29 @@ def take_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int], config):
         new.lazy_initialization(old.keys, old.values)
         new.keys, new.values = old.keys[index], old.values[index]
     return keep_rows(out, mask[index], list(range(len(keep))))
+
+
+def prefilled(config, bound: int, keys: list[torch.Tensor], values: list[torch.Tensor]):
+    """A new cache of `config`'s layers holding `keys`/`values` (rows, kv_heads, width,
+    head_dim per layer), growing to at most `bound` columns (a prefix cache's hit)."""
+    cache = new_cache(config, bound)
+    for layer, k, v in zip(cache.layers, keys, values, strict=True):
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+    return cache
+
+
+def kv_budget(lm, settings) -> int:
+    """Bytes of KV cache the model's engine may hold: `kv_cache_gb`, or by default a quarter
+    of the memory free at load (at least one row of min(context, 4096) tokens)."""
+    if settings.kv_cache_gb is not None:
+        return int(settings.kv_cache_gb * 1024**3)
+    if lm.model.device.type == "cuda":
+        free = torch.cuda.mem_get_info(lm.model.device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    per_token = per_token_bytes(lm.model.config, lm.model.dtype)
+    one_row = min(lm.context or 4096, 4096) * per_token
+    return int(max(free // 4, one_row))

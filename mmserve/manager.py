@@ -274,6 +274,7 @@ class ModelManager:
                 "bytes": model_bytes(lm) if lm else 0,
                 "kv_cache_bytes": kv_bytes(lm) if lm else 0,
                 "kv_cache_budget_bytes": getattr(lm.engine, "kv_budget", None) if lm else None,
+                "prefix_cache": prefix_status(lm),
                 "ref_count": slot.refs,
                 "active": slot.active,
                 "waiting": slot.waiting,
@@ -536,6 +537,21 @@ class ModelManager:
         if self.hooks:
             self.hooks.on_load(name, slot.load_seconds)
         return lm
+
+
+def prefix_status(lm) -> dict | None:
+    """The engine's prefix cache: bytes held (inside `kv_cache_bytes`), prompts stored, hits
+    and prompt tokens not recomputed; None without a continuous-batching engine."""
+    prefix = getattr(lm.engine, "prefix", None) if lm is not None else None
+    if prefix is None:
+        return None
+    return {
+        "bytes": prefix.bytes,
+        "max_bytes": prefix.max_bytes,
+        "prompts": len(prefix.entries),
+        "hits": prefix.hits,
+        "tokens_reused": prefix.tokens_reused,
+    }
 
 
 def kv_bytes(lm: LoadedModel) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .generation import left_pad
-from .kvcache import new_cache
+from .kvcache import new_cache, prefilled
 from .logprobs import capture, first_prompt_entry
 from .rows import Row
 from .sampling import Sampler
@@ -53,6 +53,38 @@ class Prefill:
         self.pos.masked_fill_(self.mask == 0, 1)  # as generate does for left padding
         self.cache = new_cache(config, max(s.reserve for s in seqs))
         self.offset = 0
+
+    def reuse(self, prefix, config) -> int:
+        """Start after the longest prefix all rows find in `prefix` (a `PrefixCache`): the
+        first L columns of the cache are filled from stored prompts, and the prefill runs
+        from column L. A row left-padded by p columns whose stored prefix is n tokens long
+        fills its columns p..L-1, so L = min over rows of (n + p), at most width - 1.
+        Returns L (0: nothing reused; always 0 when a row asked for prompt logprobs)."""
+        if self.scored or not prefix.enabled or not prefix.entries:
+            return 0
+        width = int(self.ids.shape[1])
+        found = []
+        for s in self.firsts:
+            entry, n = prefix.lookup(s.prompt)
+            found.append((entry, n, width - int(s.prompt.shape[0])))
+        start = min(width - 1, min(n + pad for _, n, pad in found))
+        if not any(start > pad for _, _, pad in found):
+            return 0
+        some = next(e for e, _, pad in found if start > pad)
+        keys, values = [], []
+        for i, (k0, v0) in enumerate(zip(some.keys, some.values, strict=True)):
+            shape = (len(found), k0.shape[0], start, k0.shape[2])
+            k, v = k0.new_zeros(shape), v0.new_zeros(shape)
+            for r, (entry, _, pad) in enumerate(found):
+                if start > pad:
+                    k[r, :, pad:] = entry.keys[i][:, : start - pad]
+                    v[r, :, pad:] = entry.values[i][:, : start - pad]
+            keys.append(k), values.append(v)
+        self.cache = prefilled(config, self.cache.bound.columns, keys, values)
+        self.offset = start
+        for _, _, pad in found:
+            prefix.count(max(0, start - pad))
+        return start
 
     def score(self, tok, logits: torch.Tensor) -> None:
         """Prompt logprobs from the logits of the chunk at `offset` (rows, chunk, vocab), for

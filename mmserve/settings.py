@@ -33,6 +33,12 @@ class Settings:
     batch_max_size: int = 16  # rows in a text model's continuous batch; 1: one at a time
     kv_cache_gb: float | None = None  # KV cache per text model; None = 1/4 of free memory at load
     prefill_chunk_tokens: int = 512  # prompt tokens prefilled per engine step (between decodes)
+    # KV of recent prompts kept for reuse by prompts that start the same (prefix caching);
+    # None = 1/8 of the KV cache budget, 0 = off. Taken out of the budget while held.
+    prefix_cache_gb: float | None = None
+    # A float32 text model's lm_head on the CPU runs batches of >= 4 rows through oneDNN
+    # (faster than MKL there; mmserve/cpu_head.py); off: F.linear for every batch
+    cpu_onednn_head: bool = True
     # Requests with max_tokens up to this decode in a lane of their own, ahead of longer
     # ones (which still decode at least every 9th step); 0: every request in one batch
     short_max_tokens: int = 16
@@ -131,9 +137,11 @@ def _coerce(cls, key: str, value):
             return list(value)
         if key in ("api_key", "admin_key"):
             return str(value) if value else None
-        if key in ("ram_budget_gb", "kv_cache_gb"):
+        if key in ("ram_budget_gb", "kv_cache_gb", "prefix_cache_gb"):
             number = float(value) if value not in (None, "") else None
             if key == "kv_cache_gb" and number is not None and number <= 0:
+                raise ValueError(key)
+            if key == "prefix_cache_gb" and number is not None and number < 0:
                 raise ValueError(key)
             return number
         if isinstance(default, bool):

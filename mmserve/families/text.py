@@ -45,18 +45,24 @@ class TextHandler(FamilyHandler):
     def make_engine(self, lm, settings):
         """The continuous-batching engine; compiled models (static cache, CUDA graphs bound to
         one thread) and caches that cannot be merged by padding run one request at a time."""
-        from ..engine import TextEngine, kv_budget
-        from ..kvcache import new_cache
+        from ..cpu_head import use_onednn_head
+        from ..engine import TextEngine
+        from ..kvcache import kv_budget, new_cache
 
         if is_compiled(lm) or new_cache(lm.model.config) is None:
             return super().make_engine(lm, settings)
+        if settings.cpu_onednn_head and use_onednn_head(lm.model):
+            log.info("%s: lm_head batches of >= 4 rows run through oneDNN", lm.spec.name)
+        budget = kv_budget(lm, settings)
+        prefix = settings.prefix_cache_gb
         return TextEngine(
             lm,
             max(1, settings.batch_max_size),
-            kv_budget(lm, settings),
+            budget,
             settings.queue_timeout,
             settings.prefill_chunk_tokens,
             settings.short_max_tokens,
+            prefix_bytes=budget // 8 if prefix is None else int(prefix * 1024**3),
         )
 
     def load(self, spec, path, plan):
