@@ -4,8 +4,9 @@ Each step the engine (a) admits waiting requests while there are free rows and K
 budget, prefilling them as one left-padded group in chunks of about `prefill_chunk`
 tokens (one chunk per step, so running rows wait one chunk at most) and then merging
 their KV into a lane of running rows (`mmserve.lanes`: short requests apart from long
-ones), starting after the longest prefix the prefix cache holds (`mmserve.prefix`; a prompt
-held whole but its last token skips the prefill and joins its lane at once); (b) runs one decode forward for every row of the lane whose turn it is;
+ones), starting after the longest prefix the prefix cache holds (`mmserve.prefix`; a
+prompt held whole but its last token skips the prefill and joins its lane at once); (b)
+runs one decode forward for every row of the lane whose turn it is;
 (c) samples each row with its own processors and generator (`mmserve.sampling`), reading
 the row's logprobs from the raw logits first when it asked (`mmserve.logprobs`); and
 (d) hands each row its token (`mmserve.rows.Row`: text, stops, limits) and evicts the
@@ -202,6 +203,7 @@ class TextEngine:
                     for s in seqs + [t for t in taken if t not in seqs]:
                         s.row.fail(exc)  # a no-op for rows that had finished
                     self.job = None
+                    self.prefix.clear()  # its memory too (the failure may be out of memory)
 
     def _admit(self) -> list[Seq]:
         """Waiting requests that start now, in arrival order (under `_cond`)."""

@@ -20,7 +20,9 @@ import torch
 
 
 class Entry:
-    """One prompt's ids (tokens,) and its keys/values per layer, (kv_heads, tokens, head_dim)."""
+    """One prompt's ids (tokens,) on the CPU, where lookups compare them without a device
+    sync, and its keys/values per layer, (kv_heads, tokens, head_dim), on the model's
+    device."""
 
     __slots__ = ("ids", "keys", "values", "nbytes")
 
@@ -60,6 +62,7 @@ class PrefixCache:
         when nothing is shared. Marks the entry as recently used."""
         best, n = None, 0
         limit = int(prompt.shape[0]) - 1
+        prompt = prompt.cpu()
         for key, entry in self.entries.items():
             m = min(common_prefix(entry.ids, prompt), limit)
             if m > n:
@@ -81,6 +84,7 @@ class PrefixCache:
         if not self.enabled:
             return
         length = int(prompt.shape[0])
+        prompt = prompt.cpu()
         for key, entry in list(self.entries.items()):
             shared = common_prefix(entry.ids, prompt)
             if shared == length:  # an entry already holds this prompt (or a longer one)
