@@ -123,7 +123,8 @@ def probe_walks(targets: dict[str, Target], prompts, start: float, drains: dict,
 
 def measure_servers(targets: dict[str, Target], prompts, n: dict, count, log=None) -> dict:
     """Every (g) measure for each server in `targets` (the first is mmserve, which sets the
-    rates): closed loops, the 8-token latency alone, capacity probes, the open loop.
+    rates): closed loops, capacity probes, the open loop, with the 8-token latency alone
+    measured right before and right after each server's open loop (drift hits both alike).
 
     The probes start at 70 % of the rate the first server's 16-client closed loop would
     sustain at the mix's mean length (the same start for all). The open loop runs at 70 % of
@@ -134,10 +135,6 @@ def measure_servers(targets: dict[str, Target], prompts, n: dict, count, log=Non
     first = names[0]
     closed = closed_loops(targets, prompts, n, count)
     out: dict = {name: {"closed": closed[name]} for name in names}
-    for name in names:
-        out[name]["short_alone"] = load.latencies(
-            targets[name].api, prompts[0], min(openloop.LENGTHS), n["lat"], warmup=1
-        )
     start = 0.7 * closed[first][16]["tok_s"] / statistics.mean(openloop.LENGTHS)
     for name in names:
         # The longest answer alone (capped: a noisy single-client figure must not hide a
@@ -156,10 +153,16 @@ def measure_servers(targets: dict[str, Target], prompts, n: dict, count, log=Non
         log(f"(g) capacity {ours['capacity']:.2f} req/s; open loop at {plan_rate:.2f} req/s, "
             f"{openloop.rate_source(ours)}")  # fmt: skip
     plan = openloop.arrivals(plan_rate, n["open_seconds"], prompts, seed=1)
+    shortest = min(openloop.LENGTHS)
     for name in names:
         t = targets[name]
         out[name]["plan_rate"] = plan_rate
+        # The shortest answer alone right before and right after this server's open loop,
+        # so that the loaded/alone ratio compares minutes that drift alike.
+        alone = load.latencies(t.api, prompts[0], shortest, n["lat"], warmup=1)
         out[name]["open"] = openloop.open_loop(
             t.api, plan, n["open_seconds"], out[name]["drain"], count, t.pid
         )
+        alone += load.latencies(t.api, prompts[0], shortest, n["lat"], warmup=0)
+        out[name]["short_alone"] = alone
     return out

@@ -41,7 +41,11 @@ def server(monkeypatch):
         return {"kept_up": kept, "tok_s": 1.0, "rate": plan["rate"], "seconds": seconds}
 
     monkeypatch.setattr(interleave.load, "throughput", throughput)
-    monkeypatch.setattr(interleave.load, "latencies", lambda *a, **k: [0.4])
+    def latencies(api, prompt, max_tokens, n, warmup=2):
+        Fake.calls.append(("alone", api, max_tokens))
+        return [0.4 + 0.1 * len([c for c in Fake.calls if c[0] == "alone"])]
+
+    monkeypatch.setattr(interleave.load, "latencies", latencies)
     monkeypatch.setattr(openloop, "arrivals", arrivals)
     monkeypatch.setattr(openloop, "open_loop", open_loop)
     return Fake
@@ -73,7 +77,8 @@ def test_probes_down_then_bisect_then_open_loop_at_70_percent_of_capacity(server
     assert [c[3:] for c in opens(server.calls)[:4]] == [(100, 10)] * 4
     assert out["rate_from"] == {"rate": out["capacity"], "measured": True}
     assert out["plan_rate"] == pytest.approx(0.7 * out["capacity"])
-    assert server.calls[-1] == ("open", "ours", out["plan_rate"], 1, 100)  # open loop last
+    assert server.calls[-2] == ("open", "ours", out["plan_rate"], 1, 100)  # open loop last
+    assert server.calls[-1] == ("alone", "ours", 8)  # then the short answer alone again
     assert out["open"]["rate"] == out["plan_rate"]
 
 
@@ -219,3 +224,14 @@ def test_a_new_report_keeps_the_sections_other_runs_wrote():
     assert got.startswith(new.rstrip("\n")) and "old" not in got
     assert got.index("## Structured output\nS") < got.index("## Cluster (Ray Serve)\nC")
     assert report.keep_other_sections(got, new) == got  # idempotent
+
+
+def test_the_short_answer_alone_is_timed_right_before_and_after_each_open_loop(server):
+    out = both()
+    tail = server.calls[-6:]
+    plan = out["ours"]["plan_rate"]
+    assert tail == [("alone", "ours", 8), ("open", "ours", plan, 1, 100), ("alone", "ours", 8),
+                    ("alone", "peer", 8), ("open", "peer", plan, 1, 100), ("alone", "peer", 8)]  # fmt: skip
+    assert out["ours"]["short_alone"] == pytest.approx([0.5, 0.6])  # both samples kept
+    assert out["peer"]["short_alone"] == pytest.approx([0.7, 0.8])
+    assert [c for c in server.calls if c[0] == "alone"] == [c for c in tail if c[0] == "alone"]
