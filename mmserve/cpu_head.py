@@ -8,8 +8,9 @@ one-row speed on this weight (4-16 rows cost 2-3x one row); oneDNN's matmul
 same weight, with no copy, faster there. Whole decode steps, both heads alternated in one
 process: `python -m bench.kernel`, the "Kernel" section of bench/RESULTS.md.
 
-Rows below `MIN_ROWS` keep `F.linear`, so one request alone computes exactly what
-`model.generate` computes. The two kernels sum in different orders: logits differ by
+Rows below `MIN_ROWS` keep `F.linear`, so a request decoding alone (one choice) computes
+exactly what `model.generate` computes (n >= 4 choices, or a prompt scored for logprobs,
+make 4 rows or more). The two kernels sum in different orders: logits differ by
 about 1e-6 relative (the same size as MKL's own differences between batch sizes).
 """
 

@@ -164,7 +164,8 @@ class TextEngine:
             self._thread.join(timeout)
         self.abort(Unavailable(f"model '{self.name}' was unloaded; try again"))
         self.short.clear(), self.main.clear()
-        self.prefix.clear()
+        if not self._thread.is_alive():  # else the engine thread clears it as it exits
+            self.prefix.clear()
         self.job = None
 
     # --- the engine thread ------------------------------------------------
@@ -180,6 +181,7 @@ class TextEngine:
                     while not (self.waiting or self.running or self.job or self.closed):
                         self._cond.wait()
                     if self.closed:
+                        self.prefix.clear()
                         return
                     taken = self._admit()
                     if not (taken or self.running or self.job):
@@ -234,7 +236,8 @@ class TextEngine:
                 break
             need = self._reserved(self.running + taken + group)
             if need > self.kv_budget - self.prefix.bytes:
-                self.prefix.shrink(max(0, self.kv_budget - need))  # stored prompts go first
+                if need <= self.kv_budget:  # stored prompts give way when that is enough
+                    self.prefix.shrink(self.kv_budget - need)
                 if need > self.kv_budget - self.prefix.bytes:
                     break  # the oldest waits for room; later ones do not overtake it
             for s in group:

@@ -85,18 +85,22 @@ class PrefixCache:
             return
         length = int(prompt.shape[0])
         prompt = prompt.cpu()
-        for key, entry in list(self.entries.items()):
+        extended = []
+        for key, entry in self.entries.items():
             shared = common_prefix(entry.ids, prompt)
             if shared == length:  # an entry already holds this prompt (or a longer one)
                 self.entries.move_to_end(key)
                 return
             if shared == int(entry.ids.shape[0]):  # this prompt extends the entry
-                self._drop(key)
+                extended.append(key)
+        nbytes = sum(layer.keys[row, :, :length].nbytes * 2 for layer in cache.layers)
+        if nbytes > self.max_bytes:
+            return  # never fits: the entries it would replace stay
+        for key in extended:
+            self._drop(key)
         keys = [layer.keys[row, :, first : first + length].clone() for layer in cache.layers]
         values = [layer.values[row, :, first : first + length].clone() for layer in cache.layers]
         entry = Entry(prompt.clone(), keys, values)
-        if entry.nbytes > self.max_bytes:
-            return
         self.entries[self._next] = entry
         self._next += 1
         self.bytes += entry.nbytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,18 @@ CHOICES = {
 }
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _finite(value) -> float:
+    """float(value); ValueError for nan and infinities (a size or a time must be a number)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
 def _coerce(cls, key: str, value):
     """Convert an env string (or a config value) to the field's type, naming the key on error."""
     default = getattr(cls(), key)
@@ -138,7 +151,7 @@ def _coerce(cls, key: str, value):
         if key in ("api_key", "admin_key"):
             return str(value) if value else None
         if key in ("ram_budget_gb", "kv_cache_gb", "prefix_cache_gb"):
-            number = float(value) if value not in (None, "") else None
+            number = _finite(value) if value not in (None, "") else None
             if key == "kv_cache_gb" and number is not None and number <= 0:
                 raise ValueError(key)
             if key == "prefix_cache_gb" and number is not None and number < 0:
@@ -146,7 +159,10 @@ def _coerce(cls, key: str, value):
             return number
         if isinstance(default, bool):
             if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
+                word = value.strip().lower()
+                if word not in _TRUE + _FALSE:
+                    raise ValueError(key)  # not a silent "off" for a typo
+                return word in _TRUE
             return bool(value)
         if isinstance(default, int):
             number = int(value)
@@ -162,7 +178,7 @@ def _coerce(cls, key: str, value):
                 raise ValueError(key)
             return number
         if isinstance(default, float):
-            return float(value)
+            return _finite(value)
         return value
     except (TypeError, ValueError) as exc:
         raise ValueError(f"setting '{key}': invalid value {value!r}") from exc

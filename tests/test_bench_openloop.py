@@ -41,6 +41,7 @@ def server(monkeypatch):
         return {"kept_up": kept, "tok_s": 1.0, "rate": plan["rate"], "seconds": seconds}
 
     monkeypatch.setattr(interleave.load, "throughput", throughput)
+
     def latencies(api, prompt, max_tokens, n, warmup=2):
         Fake.calls.append(("alone", api, max_tokens))
         return [0.4 + 0.1 * len([c for c in Fake.calls if c[0] == "alone"])]

@@ -4,6 +4,10 @@ with no prefill; the store stays within its bytes and gives way to running rows.
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
 import torch
 
 from mmserve.prefix import PrefixCache, common_prefix
@@ -187,3 +191,65 @@ def test_running_rows_take_the_room_of_stored_prompts(make_app):
     assert r["usage"]["completion_tokens"] == 180
     assert engine.prefix.bytes < held  # stored prompts made room, the request did not wait
     assert peaks and max(peaks) <= engine.kv_budget  # rows + stored prompts within budget
+
+
+def test_a_request_waiting_for_room_leaves_stored_prompts_alone(make_app, monkeypatch):
+    probe = make_app([tiny_entry(MODEL)])
+    probe.extensions["mmserve"].manager.load(MODEL)
+    budget = engine_of(probe).per_token * 230
+    app = make_app([tiny_entry(MODEL)], kv_cache_gb=budget / 1024**3, prefix_cache_gb=1.0)
+    app.extensions["mmserve"].manager.load(MODEL)
+    engine = engine_of(app)
+    for p in PROMPTS[:3]:
+        post(app, {"prompt": p, "max_new_tokens": 2})
+    forward = engine._forward
+    monkeypatch.setattr(
+        engine, "_forward", lambda *a, **k: (time.sleep(0.005), forward(*a, **k))[1]
+    )
+    first = threading.Thread(target=post, args=(app, {"prompt": PROMPTS[3], "max_new_tokens": 120}))
+    first.start()
+    give_up = time.monotonic() + 30
+    while not engine.running:
+        assert time.monotonic() < give_up
+        time.sleep(0.001)
+    kept = len(engine.prefix.entries)
+    assert kept >= 1
+    second = threading.Thread(
+        target=post, args=(app, {"prompt": PROMPTS[0], "max_new_tokens": 120})
+    )
+    second.start()
+    while not engine.waiting:
+        assert time.monotonic() < give_up
+        time.sleep(0.001)
+    steps = engine.steps
+    while engine.steps < steps + 5 and engine.waiting:  # it waits while the first one runs
+        time.sleep(0.001)
+    # Emptying the store could not make room for it: the stored prompts stay.
+    assert engine.waiting and len(engine.prefix.entries) == kept
+    first.join(60), second.join(60)
+
+
+def test_a_prompt_too_big_for_the_store_keeps_the_entry_it_extends():
+    small = PrefixCache(10**6)
+    small.store(_ids(1, 2), _Cache(2), 0, 0)
+    cache = PrefixCache(small.bytes)  # room for exactly that entry
+    cache.store(_ids(1, 2), _Cache(2), 0, 0)
+    cache.store(_ids(1, 2, 3), _Cache(3), 0, 0)  # would replace it, but does not fit
+    assert [e.ids.tolist() for e in cache.entries.values()] == [[1, 2]]
+
+
+def test_settings_reject_sizes_that_are_not_numbers_and_unknown_switch_words():
+    from mmserve.settings import Settings
+
+    for key, value in [
+        ("PREFIX_CACHE_GB", "-1"),
+        ("PREFIX_CACHE_GB", "inf"),
+        ("KV_CACHE_GB", "nan"),
+        ("QUEUE_TIMEOUT", "inf"),
+        ("CPU_ONEDNN_HEAD", "abc"),
+    ]:
+        with pytest.raises(ValueError, match=key.lower()):
+            Settings.load(env={f"MMSERVE_{key}": value})
+    assert Settings.load(env={"MMSERVE_PREFIX_CACHE_GB": "0"}).prefix_cache_gb == 0
+    assert Settings.load(env={"MMSERVE_CPU_ONEDNN_HEAD": "off"}).cpu_onednn_head is False
+    assert Settings.load(env={"MMSERVE_CPU_ONEDNN_HEAD": "yes"}).cpu_onednn_head is True
