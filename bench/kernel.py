@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench import servers
+from bench import report, servers
 from bench.run_bench import log, prepare_models
 
 ROWS = (1, 2, 3, 4, 8, 16)
@@ -84,13 +83,7 @@ def write_section(path: Path, out: dict, rounds: int) -> None:
     lines += ["", f"- SmolLM2-135M float32 on the CPU, cache of 50 tokens, median of {rounds} "
               "steps per head, the heads alternated step by step; `python -m bench.kernel`. "
               "The server uses oneDNN from 4 rows up (`MMSERVE_CPU_ONEDNN_HEAD`).", ""]  # fmt: skip
-    text = path.read_text() if path.exists() else ""
-    section = "\n".join(lines)
-    if "## Kernel" in text:
-        text = re.sub(r"## Kernel\n.*?(?=\n## |\Z)", section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    report.replace_section(path, lines)
 
 
 def main(argv=None) -> int:

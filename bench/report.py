@@ -334,6 +334,19 @@ def render(r: dict) -> str:
     return "\n".join(head) + "\n"
 
 
+def replace_section(path, lines: list[str]) -> None:
+    """Write `lines` (a "## " heading first) into the file at `path` in place of the section
+    with that heading, or at its end when it has none (the sections other runs own)."""
+    text = path.read_text() if path.exists() else ""
+    section = "\n".join(lines)
+    heading = re.escape(lines[0])
+    if re.search(rf"^{heading}$", text, flags=re.M):
+        text = re.sub(rf"^{heading}\n.*?(?=\n## |\Z)", lambda _: section, text, flags=re.S | re.M)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
 def keep_other_sections(old: str, new: str) -> str:
     """`new` followed by every "## " section of `old` whose heading `new` lacks (the sections
     `bench.structured` and `bench.cluster` write into the same file)."""

@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import re
 import sys
 from pathlib import Path
 
-from bench import load, servers
+from bench import load, report, servers
 from bench.run_bench import log, prepare_models
 
 PROMPTS = ["Describe a ship.", "Describe a city.", "Describe a cat.", "Describe a storm."]
@@ -71,13 +70,7 @@ def write_section(path: Path, out: dict) -> None:
     lines += ["", f"- {out['load']}; `python -m bench.structured"
               f"{' --quick' if out['quick'] else ''}`; xgrammar mask per step, JSON Schema with "
               "a string that runs to max_tokens, greedy, runs alternated.", ""]  # fmt: skip
-    text = path.read_text() if path.exists() else ""
-    section = "\n".join(lines)
-    if "## Structured output" in text:
-        text = re.sub(r"## Structured output\n.*?(?=\n## |\Z)", section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    report.replace_section(path, lines)
 
 
 def main(argv=None) -> int:

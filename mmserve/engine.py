@@ -188,10 +188,10 @@ class TextEngine:
                         self._cond.wait(0.05)  # only rows that expired or were cancelled
                         continue
                 try:
-                    rest = self._fold(taken)
+                    rest, looked = self._fold(taken)
                     if rest:
                         self.job = Prefill(rest, self.pad_id, self.model.config)
-                        self.job.reuse(self.prefix, self.model.config)
+                        self.job.reuse(self.prefix, self.model.config, looked)
                     if self.job is not None:
                         self._prefill_step()
                     self._drop_done()
@@ -302,18 +302,20 @@ class TextEngine:
                     part, part_mask = take_rows(cache, mask, index, self.model.config)
                 lane.add([seqs[i] for i in mine], part, part_mask)
 
-    def _fold(self, taken: list[Seq]) -> list[Seq]:
+    def _fold(self, taken: list[Seq]) -> tuple[list[Seq], dict]:
         """Requests whose prompt, all but its last token, is in the prefix cache join their
         lane now with that KV: their next decode step runs the last prompt token and makes
-        their first token, with no prefill forward. Returns the seqs left to prefill."""
+        their first token, with no prefill forward. Returns the seqs left to prefill and the
+        lookups made, {id of a group's first seq: (entry, tokens shared)}."""
         rest: list[Seq] = []
+        looked: dict[int, tuple] = {}
         for head in dict.fromkeys(s.group[0] for s in taken):  # each prompt once, in order
             group = [s for s in taken if s.group[0] is head]
             entry, n = None, 0
             if self.prefix.enabled and head.sampler.prompt_logprobs is None:
-                if all(s.row.max_new_tokens > 0 for s in group):
-                    entry, n = self.prefix.lookup(head.prompt)
-            if entry is None or n < int(head.prompt.shape[0]) - 1:
+                entry, n = looked[id(head)] = self.prefix.lookup(head.prompt)
+            last = all(s.row.max_new_tokens > 0 for s in group)  # a token to make
+            if entry is None or n < int(head.prompt.shape[0]) - 1 or not last:
                 rest.extend(group)
                 continue
             self.prefix.count(n)
@@ -324,7 +326,7 @@ class TextEngine:
                 s.length, s.last = n, int(head.prompt[-1])
             mask = torch.ones((1, n), dtype=torch.long, device=head.prompt.device)
             self._join(group, [0] * len(group), cache, mask)
-        return rest
+        return rest, looked
 
     def _decode_step(self, lane: Lane) -> None:
         seqs = lane.seqs

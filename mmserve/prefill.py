@@ -54,18 +54,21 @@ class Prefill:
         self.cache = new_cache(config, max(s.reserve for s in seqs))
         self.offset = 0
 
-    def reuse(self, prefix, config) -> int:
+    def reuse(self, prefix, config, looked: dict | None = None) -> int:
         """Start after the longest prefix all rows find in `prefix` (a `PrefixCache`): the
         first L columns of the cache are filled from stored prompts, and the prefill runs
         from column L. A row left-padded by p columns whose stored prefix is n tokens long
         fills its columns p..L-1, so L = min over rows of (n + p), at most width - 1.
+        `looked` holds lookups already made, {id(seq.group[0]): (entry, n)}.
         Returns L (0: nothing reused; always 0 when a row asked for prompt logprobs)."""
         if self.scored or not prefix.enabled or not prefix.entries:
             return 0
         width = int(self.ids.shape[1])
+        looked = looked or {}
         found = []
         for s in self.firsts:
-            entry, n = prefix.lookup(s.prompt)
+            known = looked.get(id(s.group[0]))
+            entry, n = known if known is not None else prefix.lookup(s.prompt)
             found.append((entry, n, width - int(s.prompt.shape[0])))
         start = min(width - 1, min(n + pad for _, n, pad in found))
         if not any(start > pad for _, _, pad in found):

@@ -236,3 +236,17 @@ def test_the_short_answer_alone_is_timed_right_before_and_after_each_open_loop(s
     assert out["ours"]["short_alone"] == pytest.approx([0.5, 0.6])  # both samples kept
     assert out["peer"]["short_alone"] == pytest.approx([0.7, 0.8])
     assert [c for c in server.calls if c[0] == "alone"] == [c for c in tail if c[0] == "alone"]
+
+
+def test_replace_section_swaps_its_own_section_and_appends_a_new_one(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# R\n\n## Targets\n\nt\n\n## Kernel\n\nold\n\n## Cluster\n\nc\n")
+    report.replace_section(path, ["## Kernel", "", "new \\1 row", ""])
+    assert (
+        path.read_text()
+        == "# R\n\n## Targets\n\nt\n\n## Kernel\n\nnew \\1 row\n\n## Cluster\n\nc\n"
+    )
+    report.replace_section(path, ["## Structured output", "", "s", ""])
+    assert path.read_text().endswith("## Cluster\n\nc\n\n## Structured output\n\ns\n")
+    report.replace_section(tmp_path / "new.md", ["## Kernel", "", "k"])
+    assert (tmp_path / "new.md").read_text() == "\n\n## Kernel\n\nk"
