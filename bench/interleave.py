@@ -88,7 +88,7 @@ def closed_loops(targets: dict[str, Target], prompts, n: dict, count) -> dict:
     names = list(targets)
     out: dict = {name: {} for name in names}
     for clients in (1, 8, 16):
-        per = n["tput_single"] if clients == 1 else n["cb_each"]
+        per = n["cb_single"] if clients == 1 else n["cb_each"]
         runs: dict = {name: [] for name in names}
         for i, k in enumerate(split(per, n["cb_rounds"])):
             for name in order(names, i):

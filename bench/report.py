@@ -18,9 +18,11 @@ from bench.openloop import rate_source
 # Requests per measurement: bounded so that a full run stays well under 10 minutes.
 COUNTS = {
     "full": dict(rounds=5, lat=3, ttft=2, tput_single=4, tput_server_each=3, tput_peer_each=2,
-                 loads=12, open_seconds=120, probe_seconds=40, probe_steps=5, cb_rounds=2, cb_each=4),
+                 loads=12, open_seconds=120, probe_seconds=40, probe_steps=5, cb_rounds=2,
+                 cb_single=8, cb_each=6),
     "quick": dict(rounds=2, lat=2, ttft=2, tput_single=2, tput_server_each=1, tput_peer_each=1,
-                  loads=2, open_seconds=10, probe_seconds=6, probe_steps=2, cb_rounds=2, cb_each=1),
+                  loads=2, open_seconds=10, probe_seconds=6, probe_steps=2, cb_rounds=2,
+                  cb_single=2, cb_each=1),
 }  # fmt: skip
 NO_GPU = "no GPU was available in this run; the GPU section was not measured."
 
@@ -245,8 +247,8 @@ def notes(r: dict) -> list[str]:
         f"{s.batch_max_size} rows (a request joins the running batch at the next step, a "
         f"finished one leaves at once), prompts prefilled {s.prefill_chunk_tokens} tokens "
         "per step, KV cache budget a quarter of the free memory at load, prefix caching "
-        "(an eighth of that budget; the peer's block sharing is on by default too) and the "
-        "CPU lm_head on oneDNN from 4 rows. The benchmark's prompts repeat (8 prompts, each "
+        "(an eighth of that budget; the peer's block sharing is on by default too) and, "
+        "for decode batches of 4-16 rows, MKL-packed copies of the linear weights. The benchmark's prompts repeat (8 prompts, each "
         "client cycling through them, ~24 of their ~42 tokens the chat template's shared "
         "head), so after the first request of each prompt both servers reuse cached KV; "
         "the in-process generate of (a) does not.",
@@ -283,8 +285,9 @@ def cb_note(r: dict) -> str:
     return (
         "- (g) both servers up at once (an idle one costs nothing) and measured in turn, so "
         "that drift on the machine hits both alike: closed loops of 1, 8 and 16 clients (32 "
-        f"tokens, greedy) in up to {r['counts']['cb_rounds']} rounds that split each client's "
-        "requests, mmserve first in odd rounds and the peer first in even ones, tokens and "
+        f"tokens, greedy; {r['counts']['cb_single']} requests for the single client, "
+        f"{r['counts']['cb_each']} per client for 8 and 16) in up to "
+        f"{r['counts']['cb_rounds']} rounds that split each client's requests, mmserve first in odd rounds and the peer first in even ones, tokens and "
         "seconds summed over the rounds; then the capacity probes, one probe of each server in "
         "turn (the order flipped each turn); then the open loops, mmserve's then the peer's "
         "right after, each with the 8-token answer alone timed right before and right after "

@@ -60,11 +60,13 @@ class TextEngine:
         short_max_tokens: int = 0,
         main_every: int = 8,
         prefix_bytes: int = 0,
+        packer=None,
     ):
         """`short_max_tokens`: requests with at most this many tokens to make decode in the
         short lane (0: one lane); `main_every`: the long lane decodes at least once per this
         many steps plus one; `prefix_bytes`: room for stored prompts' KV (`mmserve.prefix`;
-        0: no prefix caching), taken out of `kv_budget` while held. ValueError for sizes out
+        0: no prefix caching), taken out of `kv_budget` while held; `packer`: the model's
+        packed weights (`mmserve.cpu_linear`), released at close. ValueError for sizes out
         of range."""
         if max_rows < 1 or kv_budget <= 0 or prefill_chunk < 1:
             raise ValueError("batch_max_size, the KV budget and prefill_chunk must be positive")
@@ -87,6 +89,7 @@ class TextEngine:
         self.waiting: deque[Seq] = deque()
         self.short, self.main = Lane("short"), Lane("main")
         self.prefix = PrefixCache(min(int(prefix_bytes), self.kv_budget))
+        self.packer = packer
         self.job: Prefill | None = None
         self.closed = False
         self.steps = 0  # decode forwards run
@@ -167,6 +170,8 @@ class TextEngine:
         if not self._thread.is_alive():  # else the engine thread clears it as it exits
             self.prefix.clear()
         self.job = None
+        if self.packer is not None:
+            self.packer.release()
 
     # --- the engine thread ------------------------------------------------
     def _reserved(self, seqs: list[Seq]) -> int:

@@ -273,6 +273,7 @@ class ModelManager:
                 "dtype": lm.plan.dtype_name if lm else None,
                 "bytes": model_bytes(lm) if lm else 0,
                 "kv_cache_bytes": kv_bytes(lm) if lm else 0,
+                "packed_weights_bytes": packed_bytes(lm) if lm else 0,
                 "kv_cache_budget_bytes": getattr(lm.engine, "kv_budget", None) if lm else None,
                 "prefix_cache": prefix_status(lm),
                 "ref_count": slot.refs,
@@ -562,9 +563,16 @@ def kv_bytes(lm: LoadedModel) -> int:
     return max(engine.cache_bytes(), engine.reserved_bytes())
 
 
+def packed_bytes(lm: LoadedModel) -> int:
+    """Bytes of the packed weight copies its engine made (`mmserve.cpu_linear`)."""
+    packer = getattr(lm.engine, "packer", None)
+    return packer.bytes if packer is not None else 0
+
+
 def model_bytes(lm: LoadedModel) -> int:
-    """The model's size as eviction and /admin/model_status see it: weights + KV cache."""
-    return lm.bytes + kv_bytes(lm)
+    """The model's size as eviction and /admin/model_status see it: weights + packed
+    weight copies + KV cache."""
+    return lm.bytes + packed_bytes(lm) + kv_bytes(lm)
 
 
 def collect(full: bool = True) -> None:

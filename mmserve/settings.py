@@ -37,9 +37,10 @@ class Settings:
     # KV of recent prompts kept for reuse by prompts that start the same (prefix caching);
     # None = 1/8 of the KV cache budget, 0 = off. Taken out of the budget while held.
     prefix_cache_gb: float | None = None
-    # A float32 text model's lm_head on the CPU runs batches of >= 4 rows through oneDNN
-    # (faster than MKL there; mmserve/cpu_head.py); off: F.linear for every batch
-    cpu_onednn_head: bool = True
+    # A float32 text model on the CPU decodes batches of 4-16 rows with MKL-packed copies of
+    # its linear weights (mmserve/cpu_linear.py), made on first use and counted in its size;
+    # skipped when they would take over 1/4 of the free memory. off: F.linear for every batch
+    cpu_packed_weights: bool = True
     # Requests with max_tokens up to this decode in a lane of their own, ahead of longer
     # ones (which still decode at least every 9th step); 0: every request in one batch
     short_max_tokens: int = 16

@@ -7,7 +7,7 @@ import pytest
 
 from bench import interleave, openloop, report
 
-N = dict(tput_single=1, cb_each=1, lat=1, open_seconds=100, probe_seconds=10,
+N = dict(cb_single=1, cb_each=1, lat=1, open_seconds=100, probe_seconds=10,
          probe_steps=5, cb_rounds=3)  # fmt: skip
 MEAN = sum(openloop.LENGTHS) / len(openloop.LENGTHS)
 
@@ -127,7 +127,7 @@ def test_split_keeps_the_requests_per_client():
 
 
 def test_closed_loops_alternate_in_rounds_with_the_order_flipped(server):
-    n = dict(N, tput_single=4, cb_each=3)
+    n = dict(N, cb_single=4, cb_each=3)
     out = both(n)
     closed = [c for c in server.calls if c[0] == "closed"]
     for clients, per in ((1, [2, 1, 1]), (8, [1, 1, 1]), (16, [1, 1, 1])):

@@ -246,10 +246,10 @@ def test_settings_reject_sizes_that_are_not_numbers_and_unknown_switch_words():
         ("PREFIX_CACHE_GB", "inf"),
         ("KV_CACHE_GB", "nan"),
         ("QUEUE_TIMEOUT", "inf"),
-        ("CPU_ONEDNN_HEAD", "abc"),
+        ("CPU_PACKED_WEIGHTS", "abc"),
     ]:
         with pytest.raises(ValueError, match=key.lower()):
             Settings.load(env={f"MMSERVE_{key}": value})
     assert Settings.load(env={"MMSERVE_PREFIX_CACHE_GB": "0"}).prefix_cache_gb == 0
-    assert Settings.load(env={"MMSERVE_CPU_ONEDNN_HEAD": "off"}).cpu_onednn_head is False
-    assert Settings.load(env={"MMSERVE_CPU_ONEDNN_HEAD": "yes"}).cpu_onednn_head is True
+    assert Settings.load(env={"MMSERVE_CPU_PACKED_WEIGHTS": "off"}).cpu_packed_weights is False
+    assert Settings.load(env={"MMSERVE_CPU_PACKED_WEIGHTS": "yes"}).cpu_packed_weights is True

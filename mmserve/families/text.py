@@ -45,14 +45,19 @@ class TextHandler(FamilyHandler):
     def make_engine(self, lm, settings):
         """The continuous-batching engine; compiled models (static cache, CUDA graphs bound to
         one thread) and caches that cannot be merged by padding run one request at a time."""
-        from ..cpu_head import use_onednn_head
+        from ..cpu_linear import use_packed_linears
         from ..engine import TextEngine
         from ..kvcache import kv_budget, new_cache
 
         if is_compiled(lm) or new_cache(lm.model.config) is None:
             return super().make_engine(lm, settings)
-        if settings.cpu_onednn_head and use_onednn_head(lm.model):
-            log.info("%s: lm_head batches of >= 4 rows run through oneDNN", lm.spec.name)
+        packer = None
+        if settings.cpu_packed_weights and lm.model.device.type == "cpu":
+            import psutil
+
+            packer = use_packed_linears(lm.model, psutil.virtual_memory().available // 4)
+            if packer is not None:
+                log.info("%s: decode batches of 4-16 rows use packed weights", lm.spec.name)
         budget = kv_budget(lm, settings)
         prefix = settings.prefix_cache_gb
         return TextEngine(
@@ -63,6 +68,7 @@ class TextHandler(FamilyHandler):
             settings.prefill_chunk_tokens,
             settings.short_max_tokens,
             prefix_bytes=budget // 8 if prefix is None else int(prefix * 1024**3),
+            packer=packer,
         )
 
     def load(self, spec, path, plan):
