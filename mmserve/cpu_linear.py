@@ -18,6 +18,13 @@ release` frees them when the engine closes. Outside 4-16 rows (one request alone
 prefill chunks) `F.linear` runs on the original weight, so a request decoding alone
 computes exactly what `model.generate` computes; packed and plain sums differ in order by
 about 1e-6 relative, the size of MKL's own differences between batch sizes.
+
+Threads: every packing and the one-off check that the ops work run on the thread that
+first multiplies a batch (the engine's). A torch op that goes parallel on another,
+long-lived thread (a request thread that loaded the model) gives that thread an OpenMP
+pool of its own; with more pooled threads than cores, GNU OpenMP stops spinning between
+parallel regions and sleeps instead, which made every 1-row decode step of the engine
+about 1.5x slower on 2 cores (measured: ~5,000 context switches per second).
 """
 
 from __future__ import annotations
@@ -77,6 +84,7 @@ class Packer:
         self._packed: dict[nn.Linear, tuple[torch.Tensor, int]] = {}
         self._lock = threading.Lock()
         self.closed = False
+        self.usable: bool | None = None  # checked on the first batch, on its thread
 
     def weight_for(self, module: nn.Linear) -> torch.Tensor | None:
         """`module`'s packed weight, packing it now if needed; None once released or when the
@@ -86,7 +94,11 @@ class Packer:
         if found is not None and found[1] == w.data_ptr():
             return found[0]
         with self._lock:
-            if self.closed or not _eligible(module):
+            if self.usable is None:
+                self.usable = packed_linear_available()
+                if not self.usable:
+                    log.warning("MKL's packed linear ops do not work here: batches use F.linear")
+            if self.closed or not self.usable or not _eligible(module):
                 return None
             old = self._packed.pop(module, None)
             if old is not None:
@@ -127,11 +139,12 @@ def weight_bytes(model: nn.Module) -> int:
 
 def use_packed_linears(model: nn.Module, max_bytes: int) -> Packer | None:
     """Route `model`'s float32 CPU `nn.Linear` layers through packed weights for 4-16 rows
-    (see the module doc), or None when there are none, the ops are missing, or their
-    copies would exceed `max_bytes`. Only each layer's `forward` is replaced: weights, tying,
+    (see the module doc), or None when there are none, this torch build lacks the ops, or
+    their copies would exceed `max_bytes`. Runs no torch op (see "Threads" above). Only each layer's `forward` is replaced: weights, tying,
     `state_dict` and device moves are untouched (inputs on another device take `F.linear`)."""
     need = weight_bytes(model)
-    if need == 0 or not packed_linear_available():
+    mkl = getattr(torch.ops, "mkl", None)
+    if need == 0 or not torch.backends.mkl.is_available() or not hasattr(mkl, "_mkl_linear"):
         return None
     if need > max_bytes:
         log.info(

@@ -47,6 +47,7 @@ def test_batches_of_4_to_16_rows_take_packed_weights_with_the_same_outputs():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     packer = use_packed_linears(model, 1 << 30)
     assert packer is not None and packer.bytes == 0  # nothing copied before a batch
+    assert packer.usable is None  # not even checked: that runs on the engine's thread
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for rows in (1, 2, 3, 4, 5, 8, 13, 16, 17, 40):
@@ -58,6 +59,7 @@ def test_batches_of_4_to_16_rows_take_packed_weights_with_the_same_outputs():
             else:
                 assert torch.equal(got, want)  # exactly what generate() computes alone
         assert packer.bytes == weight_bytes(model) == (96 * 48 + 48 * 96 + 300 * 48) * 4
+        assert packer.usable is True
         batch = torch.randn(8, 48, generator=gen)
         assert any("_mkl_linear" in k for k in _ops(lambda: model(batch)))
         assert not any("_mkl_linear" in k for k in _ops(lambda: model(batch[:1])))
