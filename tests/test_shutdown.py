@@ -50,15 +50,26 @@ def last_payload(lines: list[str]) -> dict:
     return json.loads(data[-1])
 
 
+def eos_id(models_dir) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(models_dir / "tiny_text").eos_token_id
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT])
-def test_sigint_and_sigquit_cancel_generations_tell_streams_and_exit_fast(server, signum):
+def test_sigint_and_sigquit_cancel_generations_tell_streams_and_exit_fast(
+    server, signum, tiny_models_dir
+):
     out: dict = {}
+    # Alone, the tiny model ends this chat with EOS after ~150 tokens (well under a second
+    # on a fast moment); banning EOS keeps the stream going until the signal.
+    ban = {str(eos_id(tiny_models_dir)): -100}
     streams = {
         "native": (server.url + "/generate/tiny_text", dict(LONG, stream=True)),
         "openai": (
             server.url + "/v1/chat/completions",
             {"model": "tiny_text", "messages": [{"role": "user", "content": "Hi"}],
-             "max_tokens": 2000, "stream": True},
+             "max_tokens": 2000, "stream": True, "logit_bias": ban},
         ),  # fmt: skip
     }
     events = {k: threading.Event() for k in streams}
