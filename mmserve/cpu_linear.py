@@ -42,14 +42,18 @@ MIN_ROWS, MAX_ROWS = 4, 16  # rows (tokens) per call that take the packed weight
 _PACK_FOR = MAX_ROWS  # the batch size MKL tunes the packed layout for (fastest over 4-16)
 
 
-def packed_linear_available() -> bool:
-    """Whether this torch build has MKL's packed linear ops and they agree with `F.linear`
-    (MKL is x86-only: aarch64 builds lack them)."""
-    if not torch.backends.mkl.is_available():
-        return False
+def _ops_present() -> bool:
+    """Whether this torch build has MKL and its packed linear ops (x86 only: aarch64 builds
+    lack them). Runs no op."""
     mkl = getattr(torch.ops, "mkl", None)
-    if mkl is None or not hasattr(mkl, "_mkl_linear"):
+    return torch.backends.mkl.is_available() and hasattr(mkl, "_mkl_linear")
+
+
+def packed_linear_available() -> bool:
+    """Whether this torch build has MKL's packed linear ops and they agree with `F.linear`."""
+    if not _ops_present():
         return False
+    mkl = torch.ops.mkl
     try:
         gen = torch.Generator().manual_seed(0)
         w, b = torch.randn(64, 32, generator=gen), torch.randn(64, generator=gen)
@@ -81,7 +85,7 @@ class Packer:
 
     def __init__(self) -> None:
         self.bytes = 0
-        self._packed: dict[nn.Linear, tuple[torch.Tensor, int]] = {}
+        self._packed: dict[nn.Linear, tuple[torch.Tensor, int, int]] = {}  # copy, ptr, bytes
         self._lock = threading.Lock()
         self.closed = False
         self.usable: bool | None = None  # checked on the first batch, on its thread
@@ -102,10 +106,10 @@ class Packer:
                 return None
             old = self._packed.pop(module, None)
             if old is not None:
-                self.bytes -= w.nbytes
+                self.bytes -= old[2]
             with torch.inference_mode():
                 packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), _PACK_FOR)
-            self._packed[module] = (packed, w.data_ptr())
+            self._packed[module] = (packed, w.data_ptr(), w.nbytes)
             self.bytes += w.nbytes
             return packed
 
@@ -129,22 +133,19 @@ def _forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the float32 CPU `nn.Linear` weights packing would copy (tied ones once)."""
-    seen: dict[int, int] = {}
-    for module in model.modules():
-        if _eligible(module):
-            seen[id(module)] = module.weight.nbytes
-    return sum(seen.values())
+    """Bytes of the float32 CPU `nn.Linear` weights packing would copy (one copy per layer,
+    a weight tied to an embedding included)."""
+    return sum(m.weight.nbytes for m in model.modules() if _eligible(m))
 
 
 def use_packed_linears(model: nn.Module, max_bytes: int) -> Packer | None:
     """Route `model`'s float32 CPU `nn.Linear` layers through packed weights for 4-16 rows
-    (see the module doc), or None when there are none, this torch build lacks the ops, or
-    their copies would exceed `max_bytes`. Runs no torch op (see "Threads" above). Only each layer's `forward` is replaced: weights, tying,
-    `state_dict` and device moves are untouched (inputs on another device take `F.linear`)."""
+    (see the module doc), or None when there are none (other dtypes or devices), this torch
+    build lacks the ops, or their copies would exceed `max_bytes`. Runs no torch op (see
+    "Threads" above). Only each layer's `forward` is replaced: weights, tying, `state_dict`
+    and device moves are untouched (inputs on another device take `F.linear`)."""
     need = weight_bytes(model)
-    mkl = getattr(torch.ops, "mkl", None)
-    if need == 0 or not torch.backends.mkl.is_available() or not hasattr(mkl, "_mkl_linear"):
+    if need == 0 or not _ops_present():
         return None
     if need > max_bytes:
         log.info(

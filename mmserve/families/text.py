@@ -52,7 +52,7 @@ class TextHandler(FamilyHandler):
         if is_compiled(lm) or new_cache(lm.model.config) is None:
             return super().make_engine(lm, settings)
         packer = None
-        if settings.cpu_packed_weights and lm.model.device.type == "cpu":
+        if settings.cpu_packed_weights:
             import psutil
 
             packer = use_packed_linears(lm.model, psutil.virtual_memory().available // 4)
